@@ -1,0 +1,1 @@
+//! layerd: the REST daemon over the layer store.

@@ -1,0 +1,6 @@
+//! Graph drivers: `vfs` (a full copy per layer; the reference driver and the
+//! conformance oracle). overlay and btrfs follow the same module anatomy:
+//! `mod.rs` (the Driver impl), `check.rs` (host support probe), `copy.rs`/
+//! `mount.rs`/`diff.rs` for the effects.
+
+pub mod vfs;

@@ -1,0 +1,1 @@
+//! The vfs driver: every layer is a full copy of its parent.

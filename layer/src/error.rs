@@ -1,0 +1,64 @@
+//! [`LayerStoreError`]: every way a store operation fails, each answering
+//! [`kind()`](LayerStoreError::kind) from the closed [`ErrorKind`] set.
+
+use graphdriver::{DriverError, ErrorKind, IoError};
+
+use crate::tarsplit::TarSplitError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayerStoreError {
+    #[error("invalid digest {0:?}: want sha256:<64 lowercase hex digits>")]
+    InvalidDigest(String),
+    #[error("invalid name {0:?}: want 1-128 characters of [A-Za-z0-9_.-], starting with a letter or digit")]
+    InvalidName(String),
+    #[error("no such layer {0}")]
+    LayerNotFound(String),
+    #[error("no such parent layer {0}")]
+    ParentNotFound(String),
+    #[error("no such rw layer {0}")]
+    RwNotFound(String),
+    #[error("rw layer name {0} is already in use")]
+    NameInUse(String),
+    #[error("max depth exceeded: a chain may hold at most {max} layers")]
+    MaxDepthExceeded { max: usize },
+    #[error("layer {chain_id} is not retained: {why}")]
+    NotRetained { chain_id: String, why: String },
+    #[error("rw layer {name} is not mounted")]
+    NotMounted { name: String },
+    #[error("layer content does not match the stated diff_id: stated {stated}, got {got}")]
+    DiffIdMismatch { stated: String, got: String },
+    #[error("invalid layer data: {0}")]
+    InvalidInput(String),
+    #[error("stored data of layer {chain_id} is damaged: {why}")]
+    Corrupt { chain_id: String, why: String },
+    #[error("tar-split: {0}")]
+    TarSplit(#[from] TarSplitError),
+    #[error("driver: {0}")]
+    Driver(#[from] DriverError),
+    #[error(transparent)]
+    Io(#[from] IoError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl LayerStoreError {
+    pub fn kind(&self) -> ErrorKind {
+        use LayerStoreError::*;
+        match self {
+            InvalidDigest(_) | InvalidName(_) | MaxDepthExceeded { .. } | DiffIdMismatch { .. } | InvalidInput(_) => {
+                ErrorKind::InvalidArgument
+            }
+            // A parent that does not exist is a client error about the request.
+            ParentNotFound(_) => ErrorKind::InvalidArgument,
+            LayerNotFound(_) | RwNotFound(_) => ErrorKind::NotFound,
+            NameInUse(_) => ErrorKind::AlreadyExists,
+            NotRetained { .. } | NotMounted { .. } => ErrorKind::Conflict,
+            Corrupt { .. } => ErrorKind::DataLoss,
+            TarSplit(e) => e.kind(),
+            Driver(e) => e.kind(),
+            Io(_) | Internal(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+pub type Result<T, E = LayerStoreError> = std::result::Result<T, E>;

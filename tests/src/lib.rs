@@ -1,0 +1,1 @@
+//! The driver conformance suite (issue 4) and end-to-end tests.
