@@ -37,6 +37,8 @@ pub enum LayerStoreError {
     Driver(#[from] DriverError),
     #[error(transparent)]
     Io(#[from] IoError),
+    #[error("the store root is in use: {path} is locked by another process{holder}; is another layerd running on this root?")]
+    Locked { path: std::path::PathBuf, holder: String },
     #[error("{0}")]
     Internal(String),
 }
@@ -52,7 +54,7 @@ impl LayerStoreError {
             ParentNotFound(_) => ErrorKind::InvalidArgument,
             LayerNotFound(_) | RwNotFound(_) => ErrorKind::NotFound,
             NameInUse(_) => ErrorKind::AlreadyExists,
-            NotRetained { .. } | NotMounted { .. } => ErrorKind::Conflict,
+            NotRetained { .. } | NotMounted { .. } | Locked { .. } => ErrorKind::Conflict,
             Corrupt { .. } => ErrorKind::DataLoss,
             TarSplit(e) => e.kind(),
             Driver(e) => e.kind(),

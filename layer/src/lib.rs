@@ -12,6 +12,10 @@
 //!   plus a map insert; deletion unpublishes and defers the rm to a trash dir.
 
 pub mod compress;
+mod flight;
+mod keyed;
+pub mod lockstats;
+mod metadata;
 pub mod digest;
 mod error;
 pub mod name;
@@ -22,7 +26,7 @@ pub mod types;
 pub use digest::{ChainId, DiffId, Digest};
 pub use error::{LayerStoreError, Result};
 pub use name::RwName;
-pub use store::{RwOpts, Store};
+pub use store::{RwOpts, Store, StoreLockStats};
 pub use types::{LayerInfo, RegisterOpts, RwInfo, StoreInfo};
 
 /// Docker's limit on a chain's length: 127 in some drivers, minus an init and

@@ -1,14 +1,37 @@
-//! The layer store. See the crate docs for the locking rules.
+//! The layer store.
+//!
+//! # Lock order (Architecture Invariant)
+//! `name key` (per RW name) → `chain key` (per ChainID) → `mounts` map →
+//! `layers` map. The two maps are leaves: held for a map update only, never
+//! across I/O or `.await`, and never both at once. A task holds at most one
+//! key lock at a time, except that a name key may be held while a chain key
+//! is taken. Filesystem work happens under key locks or no lock at all.
 
+mod graph;
+mod open;
+mod register;
+mod release;
+mod rw;
+
+use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use graphdriver::{Change, Driver, TarReader};
+use tokio_util::task::TaskTracker;
 
-use crate::digest::ChainId;
-use crate::error::Result;
+use crate::digest::{ChainId, Digest};
+use crate::error::{LayerStoreError, Result};
+use crate::flight::Flights;
+use crate::keyed::KeyedLocks;
+use crate::lockstats::{LockStats, MapLock};
+use crate::metadata::LayerDb;
 use crate::name::RwName;
 use crate::types::{LayerInfo, RegisterOpts, RwInfo, StoreInfo};
+
+use graph::{Counts, Graph, LayerMeta};
+use rw::MountSlot;
 
 /// Options of [`Store::create_rw`].
 #[derive(Default)]
@@ -21,100 +44,261 @@ pub struct RwOpts {
     pub mount_label: String,
 }
 
+/// The lock statistics of one store, for metrics.
+#[derive(Debug, Clone)]
+pub struct StoreLockStats {
+    pub all: Vec<Arc<LockStats>>,
+}
+
+/// Keys of duplicate suppression.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum FlightKey {
+    /// The ChainID is known up front (the caller stated the DiffID).
+    Chain(ChainId),
+    /// Same compressed blob on the same parent.
+    Blob(Option<ChainId>, Digest),
+}
+
+pub(crate) struct Inner {
+    root: PathBuf,
+    db: LayerDb,
+    driver: Arc<dyn Driver>,
+    layers: MapLock<Graph>,
+    mounts: MapLock<HashMap<RwName, MountSlot>>,
+    chain_keys: KeyedLocks<ChainId>,
+    name_keys: KeyedLocks<RwName>,
+    flights: Flights<FlightKey, ChainId>,
+    /// Deferred deletions and other background work, awaited at shutdown.
+    bg: TaskTracker,
+    stats: StoreLockStats,
+    _root_lock: std::fs::File,
+}
+
 /// A handle to an open layer store. Cheap to clone; all clones share state.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<()>,
-    _driver: Arc<dyn Driver>,
+    inner: Arc<Inner>,
 }
 
-#[allow(unused_variables, clippy::unused_async)]
+/// Run `f` on the blocking pool.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| LayerStoreError::Internal(format!("blocking task failed: {e}")))?
+}
+
+/// Run a store operation to completion on its own task, so a caller that goes
+/// away (a dropped HTTP request) can't leave pins or staged dirs behind.
+async fn detached<T, F>(f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T>> + Send + 'static,
+{
+    tokio::spawn(f)
+        .await
+        .map_err(|e| LayerStoreError::Internal(format!("store task failed: {e}")))?
+}
+
+fn layer_info(meta: &LayerMeta, c: Counts) -> LayerInfo {
+    LayerInfo {
+        chain_id: meta.chain_id.clone(),
+        diff_id: meta.diff_id.clone(),
+        parent: meta.parent_chain().cloned(),
+        size: meta.size,
+        chain_size: meta.chain_size,
+        depth: meta.depth,
+        cache_id: meta.cache_id.to_string(),
+        references: c.refs,
+        children: c.children,
+        rw_layers: c.rw,
+    }
+}
+
+impl Inner {
+    fn info_of(&self, chain: &ChainId) -> Result<LayerInfo> {
+        let g = self.layers.lock();
+        let (meta, c) = g.get(chain).ok_or_else(|| LayerStoreError::LayerNotFound(chain.to_string()))?;
+        Ok(layer_info(meta, c))
+    }
+
+    /// Spawn background work that shutdown waits for.
+    fn spawn_bg(&self, fut: impl Future<Output = ()> + Send + 'static) {
+        self.bg.spawn(fut);
+    }
+}
+
 impl Store {
     /// Open (or create) the store under `root` for `driver`, reconciling what
-    /// a crash may have left behind.
+    /// a crash may have left behind. Fails if another process holds the root.
     pub async fn open(root: impl Into<PathBuf>, driver: Arc<dyn Driver>) -> Result<Store> {
-        todo!()
+        let inner = open::open(root.into(), driver).await?;
+        Ok(Store { inner: Arc::new(inner) })
     }
 
     /// Register a tar (plain, gzip or zstd) on top of `opts.parent`. Returns
     /// the layer with one new reference held by the caller.
     pub async fn register(&self, tar: TarReader, opts: RegisterOpts) -> Result<LayerInfo> {
-        todo!()
+        let inner = self.inner.clone();
+        detached(async move { inner.register(tar, opts).await }).await
     }
 
     /// Inspect a layer. Takes no reference.
     pub fn get(&self, chain_id: &ChainId) -> Result<LayerInfo> {
-        todo!()
+        self.inner.info_of(chain_id)
     }
 
     /// Take a new reference on an existing layer.
     pub async fn retain(&self, chain_id: &ChainId) -> Result<LayerInfo> {
-        todo!()
+        let inner = self.inner.clone();
+        let chain = chain_id.clone();
+        detached(async move { inner.retain(&chain).await }).await
     }
 
-    /// A snapshot of every layer. Takes no references.
+    /// A snapshot of every layer, sorted by ChainID. Takes no references.
     pub fn list(&self) -> Vec<LayerInfo> {
-        todo!()
+        let snapshot: Vec<(Arc<LayerMeta>, Counts)> = {
+            let g = self.inner.layers.lock();
+            g.live().map(|(m, c)| (m.clone(), c)).collect()
+        };
+        let mut out: Vec<LayerInfo> = snapshot.iter().map(|(m, c)| layer_info(m, *c)).collect();
+        out.sort_by(|a, b| a.chain_id.cmp(&b.chain_id));
+        out
     }
 
     /// Drop one reference. A layer left with no references, children or RW
     /// layers is deleted, and its parent loses the child's reference, so one
     /// release can free a whole chain. Returns the deleted layers.
     pub async fn release(&self, chain_id: &ChainId) -> Result<Vec<ChainId>> {
-        todo!()
+        let inner = self.inner.clone();
+        let chain = chain_id.clone();
+        detached(async move { inner.release(&chain).await }).await
     }
 
     /// The layer's exact original tar bytes, verified against its DiffID.
     pub async fn tar_stream(&self, chain_id: &ChainId) -> Result<TarReader> {
-        todo!()
+        self.inner.tar_stream(chain_id).await
     }
 
     pub async fn create_rw(&self, name: &RwName, parent: Option<&ChainId>, opts: RwOpts) -> Result<RwInfo> {
-        todo!()
+        let inner = self.inner.clone();
+        let (name, parent) = (name.clone(), parent.cloned());
+        detached(async move { inner.create_rw(&name, parent.as_ref(), opts).await }).await
     }
 
     pub fn get_rw(&self, name: &RwName) -> Result<RwInfo> {
-        todo!()
+        self.inner.rw_entry(name).map(|e| e.info())
     }
 
+    /// Every RW layer, sorted by name.
     pub fn list_rw(&self) -> Vec<RwInfo> {
-        todo!()
+        let entries: Vec<Arc<rw::RwEntry>> = {
+            let m = self.inner.mounts.lock();
+            m.values()
+                .filter_map(|s| match s {
+                    MountSlot::Ready(e) => Some(e.clone()),
+                    MountSlot::Reserved => None,
+                })
+                .collect()
+        };
+        let mut out: Vec<RwInfo> = entries.iter().map(|e| e.info()).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     /// Mount the RW layer (counted); returns the path of its merged tree.
     pub async fn mount(&self, name: &RwName) -> Result<PathBuf> {
-        todo!()
+        let inner = self.inner.clone();
+        let name = name.clone();
+        detached(async move { inner.mount(&name).await }).await
     }
 
     pub async fn unmount(&self, name: &RwName) -> Result<()> {
-        todo!()
+        let inner = self.inner.clone();
+        let name = name.clone();
+        detached(async move { inner.unmount(&name).await }).await
     }
 
     pub async fn changes(&self, name: &RwName) -> Result<Vec<Change>> {
-        todo!()
+        self.inner.changes(name).await
     }
 
     /// Tar of the RW layer's changes (init layer changes excluded).
     pub async fn diff(&self, name: &RwName) -> Result<TarReader> {
-        todo!()
+        self.inner.diff(name).await
     }
 
     /// Register the RW layer's diff as a new layer on top of its parent.
     pub async fn commit(&self, name: &RwName) -> Result<LayerInfo> {
-        todo!()
+        let inner = self.inner.clone();
+        let name = name.clone();
+        detached(async move { inner.commit(&name).await }).await
     }
 
     /// Remove the RW layer (unmounting it if needed) and release its parent.
     pub async fn release_rw(&self, name: &RwName) -> Result<()> {
-        todo!()
+        let inner = self.inner.clone();
+        let name = name.clone();
+        detached(async move { inner.release_rw(&name).await }).await
     }
 
     pub async fn info(&self) -> StoreInfo {
-        todo!()
+        let (layers, layers_size) = {
+            let g = self.inner.layers.lock();
+            g.live().fold((0u64, 0u64), |(n, s), (m, _)| (n + 1, s + m.size))
+        };
+        let rw_layers =
+            self.inner.mounts.lock().values().filter(|s| matches!(s, MountSlot::Ready(_))).count() as u64;
+        StoreInfo {
+            root: self.inner.root.clone(),
+            driver: self.inner.driver.name().to_string(),
+            driver_status: self.inner.driver.status().await,
+            layers,
+            rw_layers,
+            layers_size,
+        }
     }
 
-    /// Undo driver mounts and wait for background deletions.
+    /// Lock wait/hold histograms of the store's maps and key locks.
+    pub fn lock_stats(&self) -> StoreLockStats {
+        self.inner.stats.clone()
+    }
+
+    /// Wait for background deletions to finish (for tests and benchmarks).
+    pub async fn settle(&self) {
+        self.inner.bg.close();
+        self.inner.bg.wait().await;
+        self.inner.bg.reopen();
+    }
+
+    /// Wait for background deletions and undo the driver's mounts.
     pub async fn shutdown(&self) -> Result<()> {
-        todo!()
+        self.settle().await;
+        let mounted: Vec<Arc<rw::RwEntry>> = {
+            let m = self.inner.mounts.lock();
+            m.values()
+                .filter_map(|s| match s {
+                    MountSlot::Ready(e) => Some(e.clone()),
+                    MountSlot::Reserved => None,
+                })
+                .collect()
+        };
+        for e in mounted {
+            e.forget_mounts();
+        }
+        self.inner.driver.cleanup().await?;
+        Ok(())
+    }
+
+    /// The store's layerdb directory.
+    pub fn layerdb(&self) -> &Path {
+        self.inner.db.root()
+    }
+
+    pub fn driver(&self) -> &Arc<dyn Driver> {
+        &self.inner.driver
     }
 }

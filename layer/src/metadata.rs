@@ -1,0 +1,336 @@
+//! The layerdb on disk, in Docker's layout:
+//!
+//! ```text
+//! <layerdb>/sha256/<chain-hex>/{diff,size,cache-id,parent,tar-split.json.gz,refs}
+//! <layerdb>/mounts/<name>/{mount-id,init-id,parent}
+//! <layerdb>/tmp/      transactions in flight (a crash leaves them; start-up empties it)
+//! <layerdb>/trash/    unpublished layers and mounts waiting for deletion
+//! ```
+//! `refs` is ours (Docker keeps references in its image store): the count of
+//! client references, so they survive a restart. Every commit is atomic:
+//! files are written and fsynced in a `tmp/` dir, which is renamed into place,
+//! and the parent dir is fsynced. Everything here blocks: call it from the
+//! blocking pool, never under a map lock.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use graphdriver::{CacheId, IoContext};
+
+use crate::digest::{ChainId, DiffId};
+use crate::error::{LayerStoreError, Result};
+use crate::name::RwName;
+
+pub(crate) const TAR_SPLIT: &str = "tar-split.json.gz";
+
+/// The persisted form of a layer (one file per field, as Docker has them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LayerRecord {
+    pub diff_id: DiffId,
+    pub size: u64,
+    pub cache_id: CacheId,
+    pub parent: Option<ChainId>,
+    /// `None` for a layer Docker wrote (no `refs` file).
+    pub refs: Option<u64>,
+}
+
+/// The persisted form of an RW layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MountRecord {
+    pub mount_id: CacheId,
+    pub init_id: Option<CacheId>,
+    pub parent: Option<ChainId>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct LayerDb {
+    root: PathBuf,
+}
+
+fn write_synced(path: &Path, contents: &[u8]) -> Result<()> {
+    let mut f = File::create(path).ctx("create", path)?;
+    f.write_all(contents).ctx("write", path)?;
+    f.sync_all().ctx("fsync", path)?;
+    Ok(())
+}
+
+fn sync_dir(path: &Path) -> Result<()> {
+    File::open(path).and_then(|d| d.sync_all()).ctx("fsync dir", path)?;
+    Ok(())
+}
+
+fn read_trimmed(dir: &Path, file: &str) -> std::result::Result<Option<String>, String> {
+    match fs::read_to_string(dir.join(file)) {
+        Ok(s) => Ok(Some(s.trim().to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("read {file}: {e}")),
+    }
+}
+
+fn required(dir: &Path, file: &str) -> std::result::Result<String, String> {
+    read_trimmed(dir, file)?.ok_or_else(|| format!("missing {file}"))
+}
+
+fn random_suffix() -> String {
+    hex::encode(rand::random::<[u8; 8]>())
+}
+
+impl LayerDb {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LayerDb { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn dir(&self, sub: &str) -> PathBuf {
+        self.root.join(sub)
+    }
+
+    pub fn ensure_dirs(&self) -> Result<()> {
+        for sub in ["sha256", "mounts", "tmp", "trash"] {
+            let d = self.dir(sub);
+            fs::create_dir_all(&d).ctx("create dir", &d)?;
+        }
+        Ok(())
+    }
+
+    pub fn layer_dir(&self, chain: &ChainId) -> PathBuf {
+        self.dir("sha256").join(chain.hex())
+    }
+
+    pub fn tar_split_path(&self, chain: &ChainId) -> PathBuf {
+        self.layer_dir(chain).join(TAR_SPLIT)
+    }
+
+    pub fn mount_dir(&self, name: &RwName) -> PathBuf {
+        self.dir("mounts").join(name.as_str())
+    }
+
+    /// A fresh transaction dir under `tmp/`.
+    pub fn begin_tx(&self) -> Result<PathBuf> {
+        let p = self.dir("tmp").join(format!("tx-{}", random_suffix()));
+        fs::create_dir(&p).ctx("create transaction dir", &p)?;
+        Ok(p)
+    }
+
+    pub fn write_layer_record(tx: &Path, rec: &LayerRecord) -> Result<()> {
+        write_synced(&tx.join("diff"), rec.diff_id.to_string().as_bytes())?;
+        write_synced(&tx.join("size"), rec.size.to_string().as_bytes())?;
+        write_synced(&tx.join("cache-id"), rec.cache_id.as_str().as_bytes())?;
+        if let Some(p) = &rec.parent {
+            write_synced(&tx.join("parent"), p.to_string().as_bytes())?;
+        }
+        if let Some(r) = rec.refs {
+            write_synced(&tx.join("refs"), r.to_string().as_bytes())?;
+        }
+        Ok(())
+    }
+
+    pub fn write_mount_record(tx: &Path, rec: &MountRecord) -> Result<()> {
+        write_synced(&tx.join("mount-id"), rec.mount_id.as_str().as_bytes())?;
+        if let Some(i) = &rec.init_id {
+            write_synced(&tx.join("init-id"), i.as_str().as_bytes())?;
+        }
+        if let Some(p) = &rec.parent {
+            write_synced(&tx.join("parent"), p.to_string().as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Publish a transaction dir at `target` (which must not exist).
+    fn commit(tx: &Path, target: &Path) -> Result<()> {
+        sync_dir(tx)?;
+        fs::rename(tx, target).ctx("publish transaction to", target)?;
+        if let Some(parent) = target.parent() {
+            sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
+    pub fn commit_layer(&self, tx: &Path, chain: &ChainId) -> Result<()> {
+        Self::commit(tx, &self.layer_dir(chain))
+    }
+
+    pub fn commit_mount(&self, tx: &Path, name: &RwName) -> Result<()> {
+        Self::commit(tx, &self.mount_dir(name))
+    }
+
+    /// Atomically replace a layer's `refs` count.
+    pub fn write_refs(&self, chain: &ChainId, refs: u64) -> Result<()> {
+        let dir = self.layer_dir(chain);
+        let tmp = dir.join(format!(".refs-{}", random_suffix()));
+        write_synced(&tmp, refs.to_string().as_bytes())?;
+        let target = dir.join("refs");
+        fs::rename(&tmp, &target).ctx("replace", &target)?;
+        sync_dir(&dir)
+    }
+
+    /// Move `path` into `trash/` (same filesystem: a rename). Returns where it went.
+    pub fn trash(&self, path: &Path) -> Result<PathBuf> {
+        let base = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let target = self.dir("trash").join(format!("{base}-{}", random_suffix()));
+        fs::rename(path, &target).ctx("move to trash", path)?;
+        Ok(target)
+    }
+
+    /// Remove everything in `tmp/` and `trash/` (start-up only: the root lock
+    /// guarantees no live owner).
+    pub fn reap(&self) -> Result<usize> {
+        let mut n = 0;
+        for sub in ["tmp", "trash"] {
+            let d = self.dir(sub);
+            for e in fs::read_dir(&d).ctx("read dir", &d)? {
+                let p = e.ctx("read dir", &d)?.path();
+                remove_any(&p)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Names of `sha256/` entries (valid or not).
+    pub fn layer_names(&self) -> Result<Vec<String>> {
+        list_names(&self.dir("sha256"))
+    }
+
+    pub fn mount_names(&self) -> Result<Vec<String>> {
+        list_names(&self.dir("mounts"))
+    }
+
+    pub fn read_layer(&self, chain: &ChainId) -> std::result::Result<LayerRecord, String> {
+        let dir = self.layer_dir(chain);
+        let diff_id = DiffId::parse(&required(&dir, "diff")?).map_err(|e| format!("diff: {e}"))?;
+        let size = required(&dir, "size")?.parse::<u64>().map_err(|e| format!("size: {e}"))?;
+        let cache_id = CacheId::parse(&required(&dir, "cache-id")?).map_err(|e| format!("cache-id: {e}"))?;
+        let parent = match read_trimmed(&dir, "parent")? {
+            Some(p) => Some(ChainId::parse(&p).map_err(|e| format!("parent: {e}"))?),
+            None => None,
+        };
+        let refs = match read_trimmed(&dir, "refs")? {
+            Some(r) => Some(r.parse::<u64>().map_err(|e| format!("refs: {e}"))?),
+            None => None,
+        };
+        if !dir.join(TAR_SPLIT).is_file() {
+            return Err(format!("missing {TAR_SPLIT}"));
+        }
+        Ok(LayerRecord { diff_id, size, cache_id, parent, refs })
+    }
+
+    pub fn read_mount(&self, name: &RwName) -> std::result::Result<MountRecord, String> {
+        let dir = self.mount_dir(name);
+        let mount_id = CacheId::parse(&required(&dir, "mount-id")?).map_err(|e| format!("mount-id: {e}"))?;
+        let init_id = match read_trimmed(&dir, "init-id")? {
+            Some(i) => Some(CacheId::parse(&i).map_err(|e| format!("init-id: {e}"))?),
+            None => None,
+        };
+        let parent = match read_trimmed(&dir, "parent")? {
+            Some(p) => Some(ChainId::parse(&p).map_err(|e| format!("parent: {e}"))?),
+            None => None,
+        };
+        Ok(MountRecord { mount_id, init_id, parent })
+    }
+}
+
+fn list_names(dir: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).ctx("read dir", dir)? {
+        let e = e.ctx("read dir", dir)?;
+        out.push(e.file_name().to_string_lossy().into_owned());
+    }
+    Ok(out)
+}
+
+/// Remove a file or a whole tree.
+pub(crate) fn remove_any(p: &Path) -> Result<()> {
+    let res = match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
+        Ok(_) => fs::remove_file(p),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    };
+    res.ctx("remove", p)?;
+    Ok(())
+}
+
+impl From<String> for LayerStoreError {
+    fn from(s: String) -> Self {
+        LayerStoreError::Internal(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+
+    fn rec(parent: Option<ChainId>) -> LayerRecord {
+        LayerRecord {
+            diff_id: DiffId(Digest::of(b"x")),
+            size: 42,
+            cache_id: CacheId::random(),
+            parent,
+            refs: Some(3),
+        }
+    }
+
+    #[test]
+    fn layer_record_round_trips_through_a_transaction() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = LayerDb::new(tmp.path());
+        db.ensure_dirs().unwrap();
+        let chain = ChainId(Digest::of(b"c"));
+        let r = rec(Some(ChainId(Digest::of(b"p"))));
+        let tx = db.begin_tx().unwrap();
+        LayerDb::write_layer_record(&tx, &r).unwrap();
+        File::create(tx.join(TAR_SPLIT)).unwrap();
+        db.commit_layer(&tx, &chain).unwrap();
+        assert!(!tx.exists());
+        assert_eq!(db.read_layer(&chain).unwrap(), r);
+        db.write_refs(&chain, 7).unwrap();
+        assert_eq!(db.read_layer(&chain).unwrap().refs, Some(7));
+        // Docker writes the same files with "sha256:" digests and plain numbers.
+        assert_eq!(fs::read_to_string(db.layer_dir(&chain).join("diff")).unwrap(), r.diff_id.to_string());
+    }
+
+    #[test]
+    fn commit_refuses_to_overwrite_and_reap_empties_tmp_and_trash() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = LayerDb::new(tmp.path());
+        db.ensure_dirs().unwrap();
+        let chain = ChainId(Digest::of(b"c"));
+        fs::create_dir(db.layer_dir(&chain)).unwrap();
+        fs::write(db.layer_dir(&chain).join("diff"), "x").unwrap();
+        let tx = db.begin_tx().unwrap();
+        assert!(db.commit_layer(&tx, &chain).is_err());
+        let trashed = db.trash(&db.layer_dir(&chain)).unwrap();
+        assert!(trashed.exists());
+        assert_eq!(db.reap().unwrap(), 2);
+        assert!(db.layer_names().unwrap().is_empty());
+    }
+
+    #[test]
+    fn damaged_records_are_reported_not_panicked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = LayerDb::new(tmp.path());
+        db.ensure_dirs().unwrap();
+        let chain = ChainId(Digest::of(b"c"));
+        let dir = db.layer_dir(&chain);
+        fs::create_dir(&dir).unwrap();
+        assert!(db.read_layer(&chain).unwrap_err().contains("missing diff"));
+        fs::write(dir.join("diff"), "sha256:nothex").unwrap();
+        assert!(db.read_layer(&chain).unwrap_err().contains("diff"));
+        fs::write(dir.join("diff"), DiffId(Digest::of(b"x")).to_string()).unwrap();
+        fs::write(dir.join("size"), "-1").unwrap();
+        assert!(db.read_layer(&chain).unwrap_err().contains("size"));
+        fs::write(dir.join("size"), "1").unwrap();
+        fs::write(dir.join("cache-id"), "../../etc").unwrap();
+        assert!(db.read_layer(&chain).unwrap_err().contains("cache-id"));
+        fs::write(dir.join("cache-id"), CacheId::random().as_str()).unwrap();
+        assert!(db.read_layer(&chain).unwrap_err().contains(TAR_SPLIT));
+        File::create(dir.join(TAR_SPLIT)).unwrap();
+        assert!(db.read_layer(&chain).is_ok());
+    }
+}

@@ -1,0 +1,396 @@
+//! Registration: staged creation with no store lock held, duplicate
+//! suppression, publish under the layer's key lock; and the exact tar export.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use graphdriver::{CacheId, CreateOpts, IoContext, TarReader};
+use tracing::{debug, info, warn};
+
+use super::graph::{LayerMeta, Published};
+use super::{FlightKey, Inner, blocking, layer_info};
+use crate::compress::decompressed;
+use crate::digest::{ChainId, DiffId, Hasher, VerifyingReader};
+use crate::error::{LayerStoreError, Result};
+use crate::flight::Role;
+use crate::metadata::{LayerDb, LayerRecord, TAR_SPLIT, remove_any};
+use crate::tarsplit::{self, Assembler, DirGetter};
+use crate::types::{LayerInfo, RegisterOpts};
+
+/// A layer unpacked into its driver dir, metadata written in a tx dir.
+struct Staged {
+    meta: Arc<LayerMeta>,
+    tx: PathBuf,
+}
+
+impl Inner {
+    pub(super) async fn register(self: &Arc<Self>, tar: TarReader, opts: RegisterOpts) -> Result<LayerInfo> {
+        let parent = match &opts.parent {
+            Some(p) => Some(self.layers.lock().pin_child(p)?),
+            None => None,
+        };
+        // From here on the parent pin is ours: drop it on every path that
+        // does not hand it to a new layer.
+        match self.register_pinned(tar, &opts, parent.as_ref()).await {
+            Ok((info, pin_consumed)) => {
+                if !pin_consumed {
+                    self.unpin_child(parent.as_ref()).await;
+                }
+                Ok(info)
+            }
+            Err(e) => {
+                self.unpin_child(parent.as_ref()).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Returns the layer and whether the parent pin moved to a new layer.
+    async fn register_pinned(
+        self: &Arc<Self>,
+        tar: TarReader,
+        opts: &RegisterOpts,
+        parent: Option<&Arc<LayerMeta>>,
+    ) -> Result<(LayerInfo, bool)> {
+        if let Some(p) = parent {
+            if p.depth >= crate::MAX_DEPTH {
+                return Err(LayerStoreError::MaxDepthExceeded { max: crate::MAX_DEPTH });
+            }
+        }
+        let parent_chain = parent.map(|p| &p.chain_id);
+        let key = match (&opts.diff_id, &opts.blob_digest) {
+            (Some(d), _) => FlightKey::Chain(ChainId::of(parent_chain, d)),
+            (None, Some(b)) => FlightKey::Blob(parent_chain.cloned(), b.clone()),
+            (None, None) => return self.unpack_and_publish(tar, opts, parent).await,
+        };
+        let mut tar = Some(tar);
+        loop {
+            if let FlightKey::Chain(chain) = &key {
+                // Already here: a new reference, no unpack (like a pull that
+                // finds the layer present).
+                if self.layers.lock().get(chain).is_some() {
+                    if let Ok(info) = self.retain(chain).await {
+                        return Ok((info, false));
+                    }
+                }
+            }
+            match self.flights.join(&key).await {
+                Role::Leader(leader) => {
+                    let tar = tar.take().ok_or_else(|| LayerStoreError::Internal("tar consumed twice".into()))?;
+                    let res = self.unpack_and_publish(tar, opts, parent).await;
+                    if let Ok((info, _)) = &res {
+                        leader.succeed(info.chain_id.clone());
+                    }
+                    return res;
+                }
+                Role::Joined(chain) => match self.retain(&chain).await {
+                    Ok(info) => {
+                        debug!(chain_id = %chain, "registration merged with a concurrent identical one");
+                        return Ok((info, false));
+                    }
+                    // Released between the leader's publish and our retain.
+                    Err(LayerStoreError::LayerNotFound(_)) => continue,
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+    }
+
+    async fn unpack_and_publish(
+        self: &Arc<Self>,
+        tar: TarReader,
+        opts: &RegisterOpts,
+        parent: Option<&Arc<LayerMeta>>,
+    ) -> Result<(LayerInfo, bool)> {
+        let cache_id = CacheId::random();
+        let db = self.db.clone();
+        let tx = blocking(move || db.begin_tx()).await?;
+        match self.stage(&cache_id, &tx, tar, opts, parent).await {
+            Ok(staged) => self.publish(staged).await,
+            Err(e) => {
+                self.discard(None, tx);
+                Err(e)
+            }
+        }
+    }
+
+    /// Throw away staged work in the background: the driver dir and the tx dir.
+    fn discard(&self, cache_id: Option<CacheId>, tx: PathBuf) {
+        let driver = self.driver.clone();
+        self.spawn_bg(async move {
+            if let Some(id) = cache_id {
+                if let Err(e) = driver.remove(&id).await {
+                    warn!(cache_id = %id, error = %e, "removing staged driver layer failed");
+                }
+            }
+            let _ = blocking(move || remove_any(&tx)).await;
+        });
+    }
+
+    /// Create the driver dir and unpack into it; no store lock is held.
+    async fn stage(
+        &self,
+        cache_id: &CacheId,
+        tx: &Path,
+        tar: TarReader,
+        opts: &RegisterOpts,
+        parent: Option<&Arc<LayerMeta>>,
+    ) -> Result<Staged> {
+        let parent_cache = parent.map(|p| &p.cache_id);
+        self.driver.create(cache_id, parent_cache, &CreateOpts::default()).await?;
+        let res = async {
+            let (diff_id, size) = self.apply(cache_id, parent_cache, tar, tx).await?;
+            if let Some(stated) = &opts.diff_id {
+                if *stated != diff_id {
+                    return Err(LayerStoreError::DiffIdMismatch { stated: stated.to_string(), got: diff_id.to_string() });
+                }
+            }
+            let chain_id = ChainId::of(parent.map(|p| &p.chain_id), &diff_id);
+            let meta = Arc::new(LayerMeta {
+                chain_id,
+                diff_id: diff_id.clone(),
+                parent: parent.cloned(),
+                cache_id: cache_id.clone(),
+                size,
+                chain_size: size + parent.map_or(0, |p| p.chain_size),
+                depth: parent.map_or(1, |p| p.depth + 1),
+            });
+            let rec = LayerRecord {
+                diff_id,
+                size,
+                cache_id: cache_id.clone(),
+                parent: parent.map(|p| p.chain_id.clone()),
+                refs: Some(1),
+            };
+            let txp = tx.to_path_buf();
+            blocking(move || LayerDb::write_layer_record(&txp, &rec)).await?;
+            Ok(meta)
+        }
+        .await;
+        match res {
+            Ok(meta) => Ok(Staged { meta, tx: tx.to_path_buf() }),
+            Err(e) => {
+                // Nothing partial may remain: remove the driver dir now.
+                if let Err(re) = self.driver.remove(cache_id).await {
+                    warn!(cache_id = %cache_id, error = %re, "removing failed layer's driver dir failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Decompress, hash, record tar-split and apply through the driver, all in
+    /// one pass over the input. Returns the DiffID and the applied size.
+    async fn apply(
+        &self,
+        cache_id: &CacheId,
+        parent_cache: Option<&CacheId>,
+        tar: TarReader,
+        tx: &Path,
+    ) -> Result<(DiffId, u64)> {
+        let (_, plain) = blocking(move || {
+            decompressed(tar).map_err(|e| LayerStoreError::InvalidInput(format!("reading layer data: {e}")))
+        })
+        .await?;
+        let (chunks_tx, chunks_rx) = sync_channel::<Vec<u8>>(16);
+        let ts_path = tx.join(TAR_SPLIT);
+        let recorder = tokio::task::spawn_blocking(move || record_tar_split(chunks_rx, &ts_path));
+        let tee = Arc::new(Mutex::new(Tee {
+            inner: plain,
+            hasher: Hasher::new(),
+            sink: Some(chunks_tx),
+            recorder_stopped: false,
+        }));
+        let applied = self.driver.apply_diff(cache_id, parent_cache, Box::new(SharedTee(tee.clone()))).await;
+        // Drain what the extractor left (the end blocks and record padding
+        // belong to the DiffID and the tar-split too), then close the channel.
+        let ok = applied.is_ok();
+        let drained = blocking(move || {
+            let mut t = tee.lock().unwrap_or_else(PoisonError::into_inner);
+            let res = if ok { io::copy(&mut *t, &mut io::sink()).map(|_| ()) } else { Ok(()) };
+            t.sink = None;
+            let hasher = std::mem::take(&mut t.hasher);
+            Ok((res, hasher, t.recorder_stopped))
+        })
+        .await?;
+        let recorded = recorder.await.map_err(|e| LayerStoreError::Internal(format!("tar-split task: {e}")))?;
+        let size = match (applied, recorded) {
+            (Ok(size), Ok(())) => size,
+            (Ok(_), Err(e)) => return Err(e),
+            // The extractor failed because the recorder rejected the stream:
+            // the recorder's reason is the precise one.
+            (Err(_), Err(e)) if drained.2 => return Err(e),
+            (Err(e), _) => return Err(e.into()),
+        };
+        drained.0.map_err(|e| LayerStoreError::InvalidInput(format!("reading layer data: {e}")))?;
+        Ok((DiffId(drained.1.finish()), size))
+    }
+
+    /// Make the staged layer visible, under its ChainID's key lock.
+    async fn publish(self: &Arc<Self>, staged: Staged) -> Result<(LayerInfo, bool)> {
+        let chain = staged.meta.chain_id.clone();
+        let _key = self.chain_keys.lock(&chain).await;
+        loop {
+            let found = self.layers.lock().publish(&chain);
+            match found {
+                Published::Removing(old) => self.finalize_locked(old).await,
+                Published::Existing(existing, refs) => {
+                    if let Err(e) = self.persist_refs(&chain, refs).await {
+                        self.layers.lock().set_refs(&chain, refs - 1);
+                        self.discard(Some(staged.meta.cache_id.clone()), staged.tx);
+                        return Err(e);
+                    }
+                    self.discard(Some(staged.meta.cache_id.clone()), staged.tx);
+                    info!(chain_id = %chain, "registered content already present; new reference");
+                    return Ok((self.info_of(&existing.chain_id)?, false));
+                }
+                Published::Absent => {
+                    let (db, tx, c) = (self.db.clone(), staged.tx.clone(), chain.clone());
+                    if let Err(e) = blocking(move || db.commit_layer(&tx, &c)).await {
+                        self.discard(Some(staged.meta.cache_id.clone()), staged.tx);
+                        return Err(e);
+                    }
+                    let meta = staged.meta.clone();
+                    let info = {
+                        let mut g = self.layers.lock();
+                        g.insert(meta.clone());
+                        layer_info(&meta, g.get(&chain).map(|(_, c)| c).unwrap_or_default())
+                    };
+                    info!(chain_id = %chain, diff_id = %meta.diff_id, size = meta.size, "registered layer");
+                    return Ok((info, true));
+                }
+            }
+        }
+    }
+
+    pub(super) async fn persist_refs(&self, chain: &ChainId, refs: u64) -> Result<()> {
+        let (db, c) = (self.db.clone(), chain.clone());
+        blocking(move || db.write_refs(&c, refs)).await
+    }
+
+    pub(super) async fn retain(self: &Arc<Self>, chain: &ChainId) -> Result<LayerInfo> {
+        let _key = self.chain_keys.lock(chain).await;
+        let (_, refs) = self.layers.lock().retain(chain)?;
+        if let Err(e) = self.persist_refs(chain, refs).await {
+            // We hold the key, and the layer has our reference: this frees nothing.
+            self.layers.lock().set_refs(chain, refs - 1);
+            return Err(e);
+        }
+        self.info_of(chain)
+    }
+
+    pub(super) async fn tar_stream(self: &Arc<Self>, chain: &ChainId) -> Result<TarReader> {
+        let meta = {
+            let g = self.layers.lock();
+            g.get(chain).map(|(m, _)| m.clone()).ok_or_else(|| LayerStoreError::LayerNotFound(chain.to_string()))?
+        };
+        let (dir, put) = match self.driver.diff_getter(&meta.cache_id).await? {
+            Some(dir) => (dir, None),
+            None => {
+                let dir = self.driver.get(&meta.cache_id, "").await?;
+                (dir, Some(PutOnDrop { driver: self.driver.clone(), id: meta.cache_id.clone() }))
+            }
+        };
+        let path = self.db.tar_split_path(chain);
+        let file = blocking(move || Ok(File::open(&path).ctx("open", &path)?)).await?;
+        let asm = Assembler::new(Box::new(file), DirGetter::new(dir));
+        let verified = VerifyingReader::new(asm, meta.diff_id.0.clone());
+        Ok(Box::new(Guarded { inner: verified, _put: put }))
+    }
+}
+
+fn record_tar_split(chunks: Receiver<Vec<u8>>, path: &Path) -> Result<()> {
+    let file = File::create(path).ctx("create", path)?;
+    let mut w = BufWriter::new(file);
+    tarsplit::disassemble(ChannelReader { rx: chunks, buf: Vec::new(), pos: 0 }, &mut w)?;
+    let file = w.into_inner().map_err(|e| e.into_error()).ctx("write", path)?;
+    file.sync_all().ctx("fsync", path)?;
+    Ok(())
+}
+
+/// Hashes and copies to the tar-split recorder every byte the extractor reads.
+struct Tee {
+    inner: TarReader,
+    hasher: Hasher,
+    sink: Option<SyncSender<Vec<u8>>>,
+    recorder_stopped: bool,
+}
+
+impl Read for Tee {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            self.hasher.update(&buf[..n]);
+            if let Some(sink) = &self.sink {
+                if sink.send(buf[..n].to_vec()).is_err() {
+                    self.recorder_stopped = true;
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "tar-split recorder stopped"));
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+struct SharedTee(Arc<Mutex<Tee>>);
+
+impl Read for SharedTee {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).read(buf)
+    }
+}
+
+struct ChannelReader {
+    rx: Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos >= self.buf.len() {
+            match self.rx.recv() {
+                Ok(b) => {
+                    self.buf = b;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Calls the driver's `put` when an export that needed `get` is dropped.
+struct PutOnDrop {
+    driver: Arc<dyn graphdriver::Driver>,
+    id: CacheId,
+}
+
+impl Drop for PutOnDrop {
+    fn drop(&mut self) {
+        let (driver, id) = (self.driver.clone(), self.id.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = driver.put(&id).await;
+            });
+        }
+    }
+}
+
+struct Guarded<R> {
+    inner: R,
+    _put: Option<PutOnDrop>,
+}
+
+impl<R: Read> Read for Guarded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}

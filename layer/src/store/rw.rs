@@ -1,0 +1,281 @@
+//! RW layers (a container's writable layer): name reservation with a
+//! placeholder before any driver work, per-name serialisation, counted mounts.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use graphdriver::{CacheId, Change, CreateOpts, TarReader};
+use tracing::{info, warn};
+
+use super::graph::LayerMeta;
+use super::{Inner, RwOpts, blocking};
+use crate::digest::ChainId;
+use crate::error::{LayerStoreError, Result};
+use crate::metadata::{LayerDb, MountRecord, remove_any};
+use crate::name::RwName;
+use crate::types::{LayerInfo, RegisterOpts, RwInfo};
+
+pub(crate) enum MountSlot {
+    /// Taken by a creation or removal in progress; readers treat it as absent.
+    Reserved,
+    Ready(Arc<RwEntry>),
+}
+
+pub(crate) struct RwEntry {
+    pub name: RwName,
+    pub mount_id: CacheId,
+    pub init_id: Option<CacheId>,
+    pub parent: Option<Arc<LayerMeta>>,
+    pub mount_label: String,
+    /// Changed only under the name's key lock; read freely.
+    mounts: AtomicU64,
+    path: Mutex<Option<PathBuf>>,
+}
+
+impl RwEntry {
+    /// An RW layer loaded at start-up: nothing is mounted.
+    pub fn restored(name: RwName, mount_id: CacheId, init_id: Option<CacheId>, parent: Option<Arc<LayerMeta>>) -> Self {
+        RwEntry {
+            name,
+            mount_id,
+            init_id,
+            parent,
+            mount_label: String::new(),
+            mounts: AtomicU64::new(0),
+            path: Mutex::new(None),
+        }
+    }
+
+    pub fn info(&self) -> RwInfo {
+        RwInfo {
+            name: self.name.clone(),
+            parent: self.parent.as_ref().map(|p| p.chain_id.clone()),
+            mount_id: self.mount_id.to_string(),
+            init_id: self.init_id.as_ref().map(|i| i.to_string()),
+            mount_count: self.mounts.load(Ordering::SeqCst),
+            mount_path: self.path.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+        }
+    }
+
+    /// The driver id the RW layer's diff is taken against.
+    fn diff_base(&self) -> Option<&CacheId> {
+        self.init_id.as_ref().or(self.parent.as_ref().map(|p| &p.cache_id))
+    }
+
+    /// After the driver's cleanup undid every mount.
+    pub fn forget_mounts(&self) {
+        self.mounts.store(0, Ordering::SeqCst);
+        *self.path.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
+impl Inner {
+    pub(super) fn rw_entry(&self, name: &RwName) -> Result<Arc<RwEntry>> {
+        match self.mounts.lock().get(name) {
+            Some(MountSlot::Ready(e)) => Ok(e.clone()),
+            _ => Err(LayerStoreError::RwNotFound(name.to_string())),
+        }
+    }
+
+    fn unreserve(&self, name: &RwName) {
+        let mut m = self.mounts.lock();
+        if matches!(m.get(name), Some(MountSlot::Reserved)) {
+            m.remove(name);
+        }
+    }
+
+    pub(super) async fn create_rw(
+        self: &Arc<Self>,
+        name: &RwName,
+        parent: Option<&ChainId>,
+        opts: RwOpts,
+    ) -> Result<RwInfo> {
+        {
+            let mut m = self.mounts.lock();
+            if m.contains_key(name) {
+                return Err(LayerStoreError::NameInUse(name.to_string()));
+            }
+            m.insert(name.clone(), MountSlot::Reserved);
+        }
+        let parent = match parent.map(|p| self.layers.lock().pin_rw(p)).transpose() {
+            Ok(p) => p,
+            Err(e) => {
+                self.unreserve(name);
+                return Err(e);
+            }
+        };
+        match self.create_rw_pinned(name, parent.clone(), opts).await {
+            Ok(entry) => {
+                let info = entry.info();
+                self.mounts.lock().insert(name.clone(), MountSlot::Ready(entry));
+                info!(name = %name, "created rw layer");
+                Ok(info)
+            }
+            Err(e) => {
+                self.unpin_rw(parent.as_ref()).await;
+                self.unreserve(name);
+                Err(e)
+            }
+        }
+    }
+
+    async fn create_rw_pinned(
+        &self,
+        name: &RwName,
+        parent: Option<Arc<LayerMeta>>,
+        opts: RwOpts,
+    ) -> Result<Arc<RwEntry>> {
+        let mount_id = CacheId::random();
+        let copts = CreateOpts { mount_label: opts.mount_label.clone(), ..CreateOpts::default() };
+        let mut created: Vec<CacheId> = Vec::new();
+        let res: Result<Option<CacheId>> = async {
+            let mut below = parent.as_ref().map(|p| p.cache_id.clone());
+            let init_id = if opts.init {
+                let id = mount_id.init();
+                self.driver.create_rw(&id, below.as_ref(), &copts).await?;
+                created.push(id.clone());
+                if let Some(f) = opts.init_fn {
+                    let root = self.driver.get(&id, &opts.mount_label).await?;
+                    let res = blocking(move || {
+                        f(&root).map_err(|e| LayerStoreError::Internal(format!("init layer: {e}")))
+                    })
+                    .await;
+                    self.driver.put(&id).await?;
+                    res?;
+                }
+                below = Some(id.clone());
+                Some(id)
+            } else {
+                None
+            };
+            self.driver.create_rw(&mount_id, below.as_ref(), &copts).await?;
+            created.push(mount_id.clone());
+            let rec = MountRecord {
+                mount_id: mount_id.clone(),
+                init_id: init_id.clone(),
+                parent: parent.as_ref().map(|p| p.chain_id.clone()),
+            };
+            let (db, n) = (self.db.clone(), name.clone());
+            blocking(move || {
+                let tx = db.begin_tx()?;
+                let res = LayerDb::write_mount_record(&tx, &rec).and_then(|_| db.commit_mount(&tx, &n));
+                if res.is_err() {
+                    let _ = remove_any(&tx);
+                }
+                res
+            })
+            .await?;
+            Ok(init_id)
+        }
+        .await;
+        match res {
+            Ok(init_id) => Ok(Arc::new(RwEntry {
+                name: name.clone(),
+                mount_id,
+                init_id,
+                parent,
+                mount_label: opts.mount_label,
+                mounts: AtomicU64::new(0),
+                path: Mutex::new(None),
+            })),
+            Err(e) => {
+                for id in created.iter().rev() {
+                    if let Err(re) = self.driver.remove(id).await {
+                        warn!(id = %id, error = %re, "removing half-created rw layer failed");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) async fn mount(&self, name: &RwName) -> Result<PathBuf> {
+        let _key = self.name_keys.lock(name).await;
+        let e = self.rw_entry(name)?;
+        let path = self.driver.get(&e.mount_id, &e.mount_label).await?;
+        e.mounts.fetch_add(1, Ordering::SeqCst);
+        *e.path.lock().unwrap_or_else(PoisonError::into_inner) = Some(path.clone());
+        Ok(path)
+    }
+
+    pub(super) async fn unmount(&self, name: &RwName) -> Result<()> {
+        let _key = self.name_keys.lock(name).await;
+        let e = self.rw_entry(name)?;
+        if e.mounts.load(Ordering::SeqCst) == 0 {
+            return Err(LayerStoreError::NotMounted { name: name.to_string() });
+        }
+        self.driver.put(&e.mount_id).await?;
+        if e.mounts.fetch_sub(1, Ordering::SeqCst) == 1 {
+            *e.path.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn changes(&self, name: &RwName) -> Result<Vec<Change>> {
+        let e = self.rw_entry(name)?;
+        Ok(self.driver.changes(&e.mount_id, e.diff_base()).await?)
+    }
+
+    pub(super) async fn diff(&self, name: &RwName) -> Result<TarReader> {
+        let e = self.rw_entry(name)?;
+        Ok(self.driver.diff(&e.mount_id, e.diff_base()).await?)
+    }
+
+    pub(super) async fn commit(self: &Arc<Self>, name: &RwName) -> Result<LayerInfo> {
+        let _key = self.name_keys.lock(name).await;
+        let e = self.rw_entry(name)?;
+        let tar = self.driver.diff(&e.mount_id, e.diff_base()).await?;
+        let opts = RegisterOpts { parent: e.parent.as_ref().map(|p| p.chain_id.clone()), ..RegisterOpts::default() };
+        self.register(tar, opts).await
+    }
+
+    pub(super) async fn release_rw(self: &Arc<Self>, name: &RwName) -> Result<()> {
+        let key = self.name_keys.lock(name).await;
+        let e = {
+            let mut m = self.mounts.lock();
+            match m.get(name) {
+                Some(MountSlot::Ready(e)) => {
+                    let e = e.clone();
+                    m.insert(name.clone(), MountSlot::Reserved);
+                    e
+                }
+                _ => return Err(LayerStoreError::RwNotFound(name.to_string())),
+            }
+        };
+        let restore = |inner: &Inner| {
+            inner.mounts.lock().insert(name.clone(), MountSlot::Ready(e.clone()));
+        };
+        while e.mounts.load(Ordering::SeqCst) > 0 {
+            if let Err(err) = self.driver.put(&e.mount_id).await {
+                restore(self);
+                return Err(err.into());
+            }
+            e.mounts.fetch_sub(1, Ordering::SeqCst);
+        }
+        e.forget_mounts();
+        let (db, n) = (self.db.clone(), name.clone());
+        let trashed = match blocking(move || db.trash(&db.mount_dir(&n))).await {
+            Ok(t) => t,
+            Err(err) => {
+                restore(self);
+                return Err(err);
+            }
+        };
+        self.mounts.lock().remove(name);
+        drop(key);
+        info!(name = %name, "removed rw layer");
+        let driver = self.driver.clone();
+        let ids: Vec<CacheId> = std::iter::once(e.mount_id.clone()).chain(e.init_id.clone()).collect();
+        self.spawn_bg(async move {
+            for id in ids {
+                if let Err(err) = driver.remove(&id).await {
+                    warn!(id = %id, error = %err, "removing rw layer's driver dir failed");
+                }
+            }
+            let _ = blocking(move || remove_any(&trashed)).await;
+        });
+        self.unpin_rw(e.parent.as_ref()).await;
+        Ok(())
+    }
+}
