@@ -26,7 +26,7 @@ pub mod types;
 pub use digest::{ChainId, DiffId, Digest};
 pub use error::{LayerStoreError, Result};
 pub use name::RwName;
-pub use store::{RwOpts, Store, StoreLockStats};
+pub use store::{RwOpts, Store, StoreLockStats, StoreOptions};
 pub use types::{LayerInfo, RegisterOpts, RwInfo, StoreInfo};
 
 /// Docker's limit on a chain's length: 127 in some drivers, minus an init and

@@ -20,6 +20,8 @@ fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_mtime(1_700_000_000);
         h.set_entry_type(tar::EntryType::Regular);
         b.append_data(&mut h, path, *data).unwrap();
@@ -253,6 +255,9 @@ async fn hostile_tars_are_rejected_and_leave_nothing() {
         h.as_old_mut().name[..name.len()].copy_from_slice(name);
         h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
         h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
         h.set_size(data.len() as u64);
         h.set_entry_type(tar::EntryType::new(kind));
         h.set_cksum();

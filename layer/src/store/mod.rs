@@ -71,7 +71,19 @@ pub(crate) struct Inner {
     /// Deferred deletions and other background work, awaited at shutdown.
     bg: TaskTracker,
     stats: StoreLockStats,
+    /// Benchmark baseline only: one global lock held across every operation,
+    /// driver I/O included, with deletion done inline (moby's layerL).
+    coarse: Option<Arc<tokio::sync::Mutex<()>>>,
     _root_lock: std::fs::File,
+}
+
+/// How a store is opened.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// Emulate a coarse-locked store (one global lock held across driver I/O,
+    /// deletion inline) — the baseline the benchmarks compare against. Never
+    /// use it for real work.
+    pub coarse_baseline: bool,
 }
 
 /// A handle to an open layer store. Cheap to clone; all clones share state.
@@ -125,9 +137,20 @@ impl Inner {
         Ok(layer_info(meta, c))
     }
 
-    /// Spawn background work that shutdown waits for.
-    fn spawn_bg(&self, fut: impl Future<Output = ()> + Send + 'static) {
-        self.bg.spawn(fut);
+    /// Run deferred work (deletions) in the background, tracked for
+    /// shutdown; inline in the coarse baseline.
+    async fn defer(&self, fut: impl Future<Output = ()> + Send + 'static) {
+        if self.coarse.is_some() {
+            fut.await;
+        } else {
+            self.bg.spawn(fut);
+        }
+    }
+
+    /// In the coarse baseline, reads wait for the global lock too.
+    fn coarse_read(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        let m = self.coarse.clone()?;
+        Some(tokio::task::block_in_place(|| m.blocking_lock_owned()))
     }
 }
 
@@ -135,31 +158,57 @@ impl Store {
     /// Open (or create) the store under `root` for `driver`, reconciling what
     /// a crash may have left behind. Fails if another process holds the root.
     pub async fn open(root: impl Into<PathBuf>, driver: Arc<dyn Driver>) -> Result<Store> {
-        let inner = open::open(root.into(), driver).await?;
+        Self::open_with(root, driver, StoreOptions::default()).await
+    }
+
+    pub async fn open_with(root: impl Into<PathBuf>, driver: Arc<dyn Driver>, opts: StoreOptions) -> Result<Store> {
+        let mut inner = open::open(root.into(), driver).await?;
+        if opts.coarse_baseline {
+            inner.coarse = Some(Arc::new(tokio::sync::Mutex::new(())));
+        }
         Ok(Store { inner: Arc::new(inner) })
+    }
+
+    /// Run a store operation to completion on its own task (see `detached`),
+    /// holding the global lock in the coarse baseline.
+    async fn run<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Inner>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        detached(async move {
+            let _global = match &inner.coarse {
+                Some(m) => Some(m.clone().lock_owned().await),
+                None => None,
+            };
+            f(inner).await
+        })
+        .await
     }
 
     /// Register a tar (plain, gzip or zstd) on top of `opts.parent`. Returns
     /// the layer with one new reference held by the caller.
     pub async fn register(&self, tar: TarReader, opts: RegisterOpts) -> Result<LayerInfo> {
-        let inner = self.inner.clone();
-        detached(async move { inner.register(tar, opts).await }).await
+        self.run(move |inner| async move { inner.register(tar, opts).await }).await
     }
 
     /// Inspect a layer. Takes no reference.
     pub fn get(&self, chain_id: &ChainId) -> Result<LayerInfo> {
+        let _global = self.inner.coarse_read();
         self.inner.info_of(chain_id)
     }
 
     /// Take a new reference on an existing layer.
     pub async fn retain(&self, chain_id: &ChainId) -> Result<LayerInfo> {
-        let inner = self.inner.clone();
         let chain = chain_id.clone();
-        detached(async move { inner.retain(&chain).await }).await
+        self.run(move |inner| async move { inner.retain(&chain).await }).await
     }
 
     /// A snapshot of every layer, sorted by ChainID. Takes no references.
     pub fn list(&self) -> Vec<LayerInfo> {
+        let _global = self.inner.coarse_read();
         let snapshot: Vec<(Arc<LayerMeta>, Counts)> = {
             let g = self.inner.layers.lock();
             g.live().map(|(m, c)| (m.clone(), c)).collect()
@@ -173,28 +222,29 @@ impl Store {
     /// layers is deleted, and its parent loses the child's reference, so one
     /// release can free a whole chain. Returns the deleted layers.
     pub async fn release(&self, chain_id: &ChainId) -> Result<Vec<ChainId>> {
-        let inner = self.inner.clone();
         let chain = chain_id.clone();
-        detached(async move { inner.release(&chain).await }).await
+        self.run(move |inner| async move { inner.release(&chain).await }).await
     }
 
     /// The layer's exact original tar bytes, verified against its DiffID.
     pub async fn tar_stream(&self, chain_id: &ChainId) -> Result<TarReader> {
-        self.inner.tar_stream(chain_id).await
+        let chain = chain_id.clone();
+        self.run(move |inner| async move { inner.tar_stream(&chain).await }).await
     }
 
     pub async fn create_rw(&self, name: &RwName, parent: Option<&ChainId>, opts: RwOpts) -> Result<RwInfo> {
-        let inner = self.inner.clone();
         let (name, parent) = (name.clone(), parent.cloned());
-        detached(async move { inner.create_rw(&name, parent.as_ref(), opts).await }).await
+        self.run(move |inner| async move { inner.create_rw(&name, parent.as_ref(), opts).await }).await
     }
 
     pub fn get_rw(&self, name: &RwName) -> Result<RwInfo> {
+        let _global = self.inner.coarse_read();
         self.inner.rw_entry(name).map(|e| e.info())
     }
 
     /// Every RW layer, sorted by name.
     pub fn list_rw(&self) -> Vec<RwInfo> {
+        let _global = self.inner.coarse_read();
         let entries: Vec<Arc<rw::RwEntry>> = {
             let m = self.inner.mounts.lock();
             m.values()
@@ -211,15 +261,13 @@ impl Store {
 
     /// Mount the RW layer (counted); returns the path of its merged tree.
     pub async fn mount(&self, name: &RwName) -> Result<PathBuf> {
-        let inner = self.inner.clone();
         let name = name.clone();
-        detached(async move { inner.mount(&name).await }).await
+        self.run(move |inner| async move { inner.mount(&name).await }).await
     }
 
     pub async fn unmount(&self, name: &RwName) -> Result<()> {
-        let inner = self.inner.clone();
         let name = name.clone();
-        detached(async move { inner.unmount(&name).await }).await
+        self.run(move |inner| async move { inner.unmount(&name).await }).await
     }
 
     pub async fn changes(&self, name: &RwName) -> Result<Vec<Change>> {
@@ -233,16 +281,14 @@ impl Store {
 
     /// Register the RW layer's diff as a new layer on top of its parent.
     pub async fn commit(&self, name: &RwName) -> Result<LayerInfo> {
-        let inner = self.inner.clone();
         let name = name.clone();
-        detached(async move { inner.commit(&name).await }).await
+        self.run(move |inner| async move { inner.commit(&name).await }).await
     }
 
     /// Remove the RW layer (unmounting it if needed) and release its parent.
     pub async fn release_rw(&self, name: &RwName) -> Result<()> {
-        let inner = self.inner.clone();
         let name = name.clone();
-        detached(async move { inner.release_rw(&name).await }).await
+        self.run(move |inner| async move { inner.release_rw(&name).await }).await
     }
 
     pub async fn info(&self) -> StoreInfo {
@@ -265,6 +311,13 @@ impl Store {
     /// Lock wait/hold histograms of the store's maps and key locks.
     pub fn lock_stats(&self) -> StoreLockStats {
         self.inner.stats.clone()
+    }
+
+    /// Entries held by the key locks and the singleflight map: (chain keys,
+    /// name keys, flights). Zero when the store is idle — keys are freed when
+    /// their last holder leaves.
+    pub fn key_entries(&self) -> (usize, usize, usize) {
+        (self.inner.chain_keys.len(), self.inner.name_keys.len(), self.inner.flights.len())
     }
 
     /// Wait for background deletions to finish (for tests and benchmarks).

@@ -223,6 +223,7 @@ pub(super) async fn open(root: PathBuf, driver: Arc<dyn Driver>) -> Result<Inner
         flights: Flights::new(),
         bg: TaskTracker::new(),
         stats: StoreLockStats { all: stats },
+        coarse: None,
         _root_lock: root_lock,
     })
 }

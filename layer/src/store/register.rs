@@ -111,23 +111,24 @@ impl Inner {
         match self.stage(&cache_id, &tx, tar, opts, parent).await {
             Ok(staged) => self.publish(staged).await,
             Err(e) => {
-                self.discard(None, tx);
+                self.discard(None, tx).await;
                 Err(e)
             }
         }
     }
 
     /// Throw away staged work in the background: the driver dir and the tx dir.
-    fn discard(&self, cache_id: Option<CacheId>, tx: PathBuf) {
+    async fn discard(&self, cache_id: Option<CacheId>, tx: PathBuf) {
         let driver = self.driver.clone();
-        self.spawn_bg(async move {
+        self.defer(async move {
             if let Some(id) = cache_id {
                 if let Err(e) = driver.remove(&id).await {
                     warn!(cache_id = %id, error = %e, "removing staged driver layer failed");
                 }
             }
             let _ = blocking(move || remove_any(&tx)).await;
-        });
+        })
+        .await;
     }
 
     /// Create the driver dir and unpack into it; no store lock is held.
@@ -240,17 +241,17 @@ impl Inner {
                 Published::Existing(existing, refs) => {
                     if let Err(e) = self.persist_refs(&chain, refs).await {
                         self.layers.lock().set_refs(&chain, refs - 1);
-                        self.discard(Some(staged.meta.cache_id.clone()), staged.tx);
+                        self.discard(Some(staged.meta.cache_id.clone()), staged.tx).await;
                         return Err(e);
                     }
-                    self.discard(Some(staged.meta.cache_id.clone()), staged.tx);
+                    self.discard(Some(staged.meta.cache_id.clone()), staged.tx).await;
                     info!(chain_id = %chain, "registered content already present; new reference");
                     return Ok((self.info_of(&existing.chain_id)?, false));
                 }
                 Published::Absent => {
                     let (db, tx, c) = (self.db.clone(), staged.tx.clone(), chain.clone());
                     if let Err(e) = blocking(move || db.commit_layer(&tx, &c)).await {
-                        self.discard(Some(staged.meta.cache_id.clone()), staged.tx);
+                        self.discard(Some(staged.meta.cache_id.clone()), staged.tx).await;
                         return Err(e);
                     }
                     let meta = staged.meta.clone();

@@ -75,7 +75,7 @@ impl Inner {
         };
         info!(chain_id = %meta.chain_id, "deleted layer");
         let driver = self.driver.clone();
-        self.spawn_bg(async move {
+        self.defer(async move {
             if let Err(e) = driver.remove(&meta.cache_id).await {
                 warn!(cache_id = %meta.cache_id, error = %e, "removing deleted layer's driver dir failed");
             }
@@ -84,6 +84,7 @@ impl Inner {
                     warn!(error = %e, "emptying trash failed");
                 }
             }
-        });
+        })
+        .await;
     }
 }

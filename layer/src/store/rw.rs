@@ -267,14 +267,15 @@ impl Inner {
         info!(name = %name, "removed rw layer");
         let driver = self.driver.clone();
         let ids: Vec<CacheId> = std::iter::once(e.mount_id.clone()).chain(e.init_id.clone()).collect();
-        self.spawn_bg(async move {
+        self.defer(async move {
             for id in ids {
                 if let Err(err) = driver.remove(&id).await {
                     warn!(id = %id, error = %err, "removing rw layer's driver dir failed");
                 }
             }
             let _ = blocking(move || remove_any(&trashed)).await;
-        });
+        })
+        .await;
         self.unpin_rw(e.parent.as_ref()).await;
         Ok(())
     }
