@@ -1,6 +1,7 @@
 //! Graph drivers: `vfs` (a full copy per layer; the reference driver and the
 //! conformance oracle). overlay and btrfs follow the same module anatomy:
 //! `mod.rs` (the Driver impl), `check.rs` (host support probe), `copy.rs`/
-//! `mount.rs`/`diff.rs` for the effects.
+//! `mount.rs`/`diff.rs` for the effects. [`registry::open`] picks one by name.
 
+pub mod registry;
 pub mod vfs;

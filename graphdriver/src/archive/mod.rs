@@ -1,12 +1,35 @@
 //! Archive helpers shared by every driver: apply a (hostile) tar to a
 //! directory with whiteouts, compute the changes between two trees, export
 //! changes as a tar with AUFS whiteouts.
+//!
+//! - [`apply_tar`] (`apply.rs`, `sparse.rs`) parses with the `tar` crate's
+//!   default settings — the same bytes and rules the layer store's tar-split
+//!   recorder sees — but performs every filesystem operation itself,
+//!   relative to directory fds opened with `O_NOFOLLOW`, so no entry can
+//!   write through a symlink or outside the target.
+//! - [`changes_dirs`] (`changes.rs`) follows moby's `ChangesDirs` rules.
+//! - [`export_changes`] (`export.rs`) writes PAX tars that [`apply_tar`]
+//!   re-applies exactly (nanosecond mtimes, all xattrs, hardlinks).
+//! - `whiteout.rs` names the AUFS whiteout forms; `fs.rs` holds the
+//!   fd-relative primitives.
 
 use std::io::{Read, Write};
 use std::path::Path;
 
 use crate::driver::Change;
 use crate::error::ArchiveError;
+
+mod apply;
+mod changes;
+mod export;
+pub mod fs;
+mod header;
+mod sparse;
+#[cfg(test)]
+mod testutil;
+mod whiteout;
+
+pub use whiteout::{OVERLAY_OPAQUE_XATTR, WHITEOUT_META_PREFIX};
 
 /// AUFS whiteout prefix used in tar streams.
 pub const WHITEOUT_PREFIX: &str = ".wh.";
@@ -31,25 +54,26 @@ pub struct ApplyOptions {
 }
 
 /// Extract `tar` into `dir`. Returns the bytes of file content written.
+///
+/// The tar is hostile: absolute paths, `..`, writes through symlinks, link
+/// escapes and malformed whiteouts are [`ArchiveError::InvalidTar`], and
+/// nothing is ever written outside `dir`. On error `dir` may hold part of
+/// the tar; the caller discards it.
 pub fn apply_tar(dir: &Path, tar: &mut dyn Read, opts: &ApplyOptions) -> Result<u64, ArchiveError> {
-    let _ = (dir, tar, opts);
-    todo!("archive::apply_tar")
+    apply::apply(dir, tar, opts)
 }
 
 /// The changes of `layer` relative to `parent` (`None`: everything is added), sorted by path.
 pub fn changes_dirs(layer: &Path, parent: Option<&Path>) -> Result<Vec<Change>, ArchiveError> {
-    let _ = (layer, parent);
-    todo!("archive::changes_dirs")
+    changes::changes_dirs(layer, parent)
 }
 
 /// Bytes of regular-file content behind `changes` (deletions count nothing).
 pub fn changes_size(layer: &Path, changes: &[Change]) -> u64 {
-    let _ = (layer, changes);
-    todo!("archive::changes_size")
+    changes::changes_size(layer, changes)
 }
 
 /// Write a tar of `changes` (read from `layer`), deletions as `.wh.` entries.
 pub fn export_changes(layer: &Path, changes: &[Change], out: &mut dyn Write) -> Result<(), ArchiveError> {
-    let _ = (layer, changes, out);
-    todo!("archive::export_changes")
+    export::export(layer, changes, out)
 }

@@ -1,0 +1,779 @@
+//! `apply_tar`: extract a hostile tar into a directory.
+//!
+//! The `tar` crate parses (default settings, like the tar-split recorder);
+//! every filesystem operation is ours and relative to a directory fd reached
+//! component by component with `O_NOFOLLOW`, so an entry can never write
+//! through a symlink, and `..`/absolute names are refused before any lookup.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timestamps, Uid, XattrFlags};
+use rustix::io::Errno;
+use tar::EntryType;
+
+use super::fs::{open_dir_at, proc_path, remove_all_at};
+use super::header::{
+    Kind, Meta, Pax, Rel, check_symlink, invalid, meta, parse_path, read_pax, show, shown_lossy, tar_err,
+};
+use super::sparse::{self, Layout};
+use super::whiteout::{self, WHITEOUT_META_PREFIX, Whiteout};
+use super::{ApplyOptions, WHITEOUT_OPAQUE, WhiteoutFormat};
+use crate::error::{ArchiveError, IoContext, IoError};
+
+pub(super) fn apply(dir: &Path, tar: &mut dyn Read, opts: &ApplyOptions) -> Result<u64, ArchiveError> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let root = rustix::fs::open(dir, flags, Mode::empty()).map_err(io::Error::from).ctx("open", dir)?;
+    let mut ap =
+        Applier { dir, root, format: opts.whiteouts, unpacked: HashSet::new(), dirs: HashMap::new(), written: 0 };
+    let mut archive = tar::Archive::new(tar);
+    for entry in archive.entries().map_err(tar_err(dir))? {
+        let mut entry = entry.map_err(tar_err(dir))?;
+        ap.entry(&mut entry)?;
+    }
+    ap.finish_dirs()?;
+    Ok(ap.written)
+}
+
+pub(super) struct Applier<'a> {
+    pub(super) dir: &'a Path,
+    pub(super) root: OwnedFd,
+    pub(super) format: WhiteoutFormat,
+    /// Paths written (or created as parents) by this tar: an opaque marker
+    /// keeps these.
+    pub(super) unpacked: HashSet<Rel>,
+    /// Directory mode and times, applied after every entry, deepest first.
+    pub(super) dirs: HashMap<Rel, (u32, Timestamps)>,
+    pub(super) written: u64,
+}
+
+impl Applier<'_> {
+    /// Wrap an io error with its operation and the full path of `rel`.
+    pub(super) fn io<'s>(&'s self, op: &'static str, rel: &'s [Vec<u8>]) -> impl Fn(io::Error) -> ArchiveError + 's {
+        move |e| ArchiveError::Io(IoError::new(op, self.dir.join(OsStr::from_bytes(&rel.join(&b'/'))), e))
+    }
+
+    fn entry<R: Read>(&mut self, e: &mut tar::Entry<'_, R>) -> Result<(), ArchiveError> {
+        let ty = e.header().entry_type();
+        if ty.is_pax_global_extensions() {
+            return Ok(());
+        }
+        let pax = read_pax(e, self.dir)?;
+        let raw = match (&pax.sparse.name, pax.sparse.is_sparse()) {
+            (Some(name), true) => name.clone(),
+            _ => e.path_bytes().into_owned(),
+        };
+        let rel = parse_path(&raw, "path")?;
+        let shown = show(&rel);
+        let kind = Kind::of(ty).ok_or_else(|| invalid(format!("{shown}: unsupported entry type {ty:?}")))?;
+        if rel.is_empty() {
+            if kind != Kind::Dir {
+                return Err(invalid(format!(
+                    "entry {:?} names the layer root but is not a directory",
+                    String::from_utf8_lossy(&raw)
+                )));
+            }
+            let meta = meta(e.header(), &pax, &shown)?;
+            let fd = self.root.try_clone().map_err(self.io("dup fd of", &rel))?;
+            return self.set_dir_meta(fd, rel, meta);
+        }
+        if rel[0].starts_with(WHITEOUT_META_PREFIX.as_bytes()) {
+            // AUFS metadata (`.wh..wh.plnk`, ...) and an opaque marker at the
+            // root are skipped, as moby does; a malformed marker is still refused.
+            if rel.len() == 1
+                && rel[0] == WHITEOUT_OPAQUE.as_bytes()
+                && !(kind == Kind::File && ty != EntryType::GNUSparse)
+            {
+                return Err(invalid(format!("{shown}: whiteout entry is not a regular file")));
+            }
+            return Ok(());
+        }
+        let (parent, base) = rel.split_at(rel.len() - 1);
+        let wh = whiteout::classify(&base[0]).map_err(|m| invalid(format!("{shown}: {m}")))?;
+        if wh != Whiteout::None && !(kind == Kind::File && ty != EntryType::GNUSparse) {
+            return Err(invalid(format!("{shown}: whiteout entry is not a regular file")));
+        }
+        match wh {
+            Whiteout::None => self.write(e, ty, kind, &rel, pax),
+            Whiteout::Meta => Err(invalid(format!("{shown}: AUFS metadata entry outside the layer root"))),
+            Whiteout::Opaque => self.opaque(parent, &shown),
+            Whiteout::Remove(name) => self.whiteout(parent, name, &shown),
+        }
+    }
+
+    /// Open the directory `rel`, creating missing components (mode 0755) if
+    /// `create`. `None`: missing and not created.
+    fn open_dir(&mut self, rel: &[Vec<u8>], create: bool, shown: &str) -> Result<Option<OwnedFd>, ArchiveError> {
+        let mut fd = self.root.try_clone().map_err(self.io("dup fd of", &[]))?;
+        for (i, comp) in rel.iter().enumerate() {
+            let name = OsStr::from_bytes(comp);
+            let next = match open_dir_at(fd.as_fd(), name) {
+                Ok(next) => next,
+                Err(err) => match err.raw_os_error() {
+                    Some(libc::ENOENT) if create => {
+                        rustix::fs::mkdirat(&fd, name, Mode::from_raw_mode(0o755))
+                            .map_err(io::Error::from)
+                            .map_err(self.io("mkdir", &rel[..=i]))?;
+                        let next = open_dir_at(fd.as_fd(), name).map_err(self.io("open", &rel[..=i]))?;
+                        rustix::fs::fchmod(&next, Mode::from_raw_mode(0o755))
+                            .map_err(io::Error::from)
+                            .map_err(self.io("chmod", &rel[..=i]))?;
+                        self.unpacked.insert(rel[..=i].to_vec());
+                        next
+                    }
+                    Some(libc::ENOENT) => return Ok(None),
+                    Some(libc::ELOOP) => {
+                        return Err(invalid(format!(
+                            "{shown}: {} is a symlink; refusing to go through it",
+                            show(&rel[..=i])
+                        )));
+                    }
+                    Some(libc::ENOTDIR) => {
+                        return Err(invalid(format!("{shown}: {} is not a directory", show(&rel[..=i]))));
+                    }
+                    _ => return Err(self.io("open", &rel[..=i])(err)),
+                },
+            };
+            fd = next;
+        }
+        Ok(Some(fd))
+    }
+
+    pub(super) fn must_open_dir(&mut self, rel: &[Vec<u8>], shown: &str) -> Result<OwnedFd, ArchiveError> {
+        self.open_dir(rel, true, shown)?.ok_or_else(|| invalid(format!("{shown}: parent directory vanished")))
+    }
+
+    fn write<R: Read>(
+        &mut self,
+        e: &mut tar::Entry<'_, R>,
+        ty: EntryType,
+        kind: Kind,
+        rel: &[Vec<u8>],
+        pax: Pax,
+    ) -> Result<(), ArchiveError> {
+        let shown = show(rel);
+        let (parent, base) = rel.split_at(rel.len() - 1);
+        let name = OsStr::from_bytes(&base[0]);
+        let meta = meta(e.header(), &pax, &shown)?;
+        let pfd = self.must_open_dir(parent, &shown)?;
+
+        // Replace whatever is there, except that a directory stays a directory.
+        let mut keep_dir = false;
+        match rustix::fs::statat(&pfd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => {
+                let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+                if is_dir && kind == Kind::Dir {
+                    keep_dir = true;
+                } else if is_dir {
+                    remove_all_at(pfd.as_fd(), name).map_err(self.io("remove", rel))?;
+                } else {
+                    rustix::fs::unlinkat(&pfd, name, AtFlags::empty())
+                        .map_err(io::Error::from)
+                        .map_err(self.io("unlink", rel))?;
+                }
+            }
+            Err(Errno::NOENT) => {}
+            Err(err) => return Err(self.io("stat", rel)(err.into())),
+        }
+
+        match kind {
+            Kind::Dir => {
+                if !keep_dir {
+                    rustix::fs::mkdirat(&pfd, name, Mode::from_raw_mode(0o700))
+                        .map_err(io::Error::from)
+                        .map_err(self.io("mkdir", rel))?;
+                }
+                let fd = open_dir_at(pfd.as_fd(), name).map_err(self.io("open", rel))?;
+                self.set_dir_meta(fd, rel.to_vec(), meta)?;
+            }
+            Kind::File => self.file(e, ty, &pfd, name, rel, &pax, meta)?,
+            Kind::Symlink => {
+                let target = e
+                    .link_name_bytes()
+                    .ok_or_else(|| invalid(format!("{shown}: symlink without a target")))?
+                    .into_owned();
+                check_symlink(parent.len(), &target).map_err(|m| invalid(format!("{shown}: {m}")))?;
+                rustix::fs::symlinkat(OsStr::from_bytes(&target), &pfd, name)
+                    .map_err(io::Error::from)
+                    .map_err(self.io("symlink", rel))?;
+                self.set_meta_at(&pfd, name, rel, &meta, false)?;
+            }
+            Kind::Link => self.hardlink(e, &pfd, name, rel)?,
+            Kind::Char | Kind::Block | Kind::Fifo => {
+                let (ft, dev) = match kind {
+                    Kind::Fifo => (FileType::Fifo, 0),
+                    _ => {
+                        let bad = |err: io::Error| invalid(format!("{shown}: bad device number: {err}"));
+                        let major = e.header().device_major().map_err(bad)?.unwrap_or(0);
+                        let minor = e.header().device_minor().map_err(bad)?.unwrap_or(0);
+                        let ft = if kind == Kind::Char { FileType::CharacterDevice } else { FileType::BlockDevice };
+                        (ft, rustix::fs::makedev(major, minor))
+                    }
+                };
+                rustix::fs::mknodat(&pfd, name, ft, Mode::from_raw_mode(0o600), dev)
+                    .map_err(io::Error::from)
+                    .map_err(self.io("mknod", rel))?;
+                self.set_meta_at(&pfd, name, rel, &meta, true)?;
+            }
+        }
+        self.unpacked.insert(rel.to_vec());
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn file<R: Read>(
+        &mut self,
+        e: &mut tar::Entry<'_, R>,
+        ty: EntryType,
+        pfd: &OwnedFd,
+        name: &OsStr,
+        rel: &[Vec<u8>],
+        pax: &Pax,
+        meta: Meta,
+    ) -> Result<(), ArchiveError> {
+        let shown = show(rel);
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(pfd, name, flags, Mode::from_raw_mode(0o600))
+            .map_err(io::Error::from)
+            .map_err(self.io("create", rel))?;
+        let mut file = File::from(fd);
+        let avail = e.size();
+        let truncated = || invalid(format!("{shown}: tar is truncated inside the file data"));
+        let too_big = |err: io::Error| match err.raw_os_error() {
+            Some(libc::EFBIG) => invalid(format!("{shown}: file size exceeds what the filesystem can hold")),
+            _ => self.io("write", rel)(err),
+        };
+        let size = if pax.sparse.is_sparse() {
+            let (size, layout) = pax.sparse.layout().map_err(|m| invalid(format!("{shown}: {m}")))?;
+            let (map, used) = match layout {
+                Layout::Known(map) => (map, 0),
+                Layout::InData => sparse::read_map_1_0(e, avail).map_err(|m| invalid(format!("{shown}: {m}")))?,
+            };
+            sparse::check_map(&map, size, avail - used).map_err(|m| invalid(format!("{shown}: {m}")))?;
+            if !sparse::write_chunks(&mut file, e, &map, size).map_err(too_big)? {
+                return Err(truncated());
+            }
+            size
+        } else if ty == EntryType::GNUSparse {
+            if avail > sparse::MAX_GNU_SPARSE_SIZE {
+                return Err(invalid(format!("{shown}: sparse file of {avail} bytes is too large")));
+            }
+            if sparse::write_holey(&mut file, e, avail).map_err(too_big)? != avail {
+                return Err(truncated());
+            }
+            avail
+        } else {
+            let n = io::copy(&mut io::Read::take(&mut *e, avail), &mut file).map_err(self.io("write", rel))?;
+            if n != avail {
+                return Err(truncated());
+            }
+            avail
+        };
+        self.written += size;
+        let os = |err: Errno| io::Error::from(err);
+        rustix::fs::fchown(&file, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))
+            .map_err(os)
+            .map_err(self.io("chown", rel))?;
+        rustix::fs::fchmod(&file, Mode::from_raw_mode(meta.mode)).map_err(os).map_err(self.io("chmod", rel))?;
+        for (k, v) in &meta.xattrs {
+            rustix::fs::fsetxattr(&file, OsStr::from_bytes(k), v, XattrFlags::empty())
+                .map_err(os)
+                .map_err(self.io("setxattr", rel))?;
+        }
+        rustix::fs::futimens(&file, &meta.times()).map_err(os).map_err(self.io("set times of", rel))?;
+        Ok(())
+    }
+
+    fn hardlink<R: Read>(
+        &mut self,
+        e: &mut tar::Entry<'_, R>,
+        pfd: &OwnedFd,
+        name: &OsStr,
+        rel: &[Vec<u8>],
+    ) -> Result<(), ArchiveError> {
+        let shown = show(rel);
+        let raw =
+            e.link_name_bytes().ok_or_else(|| invalid(format!("{shown}: hardlink without a target")))?.into_owned();
+        let target = parse_path(&raw, &format!("{shown}: hardlink target"))?;
+        if target.is_empty() {
+            return Err(invalid(format!("{shown}: hardlink target is the layer root")));
+        }
+        let (tparent, tbase) = target.split_at(target.len() - 1);
+        let missing = || invalid(format!("{shown}: hardlink target {} does not exist in the layer", show(&target)));
+        let tfd = self
+            .open_dir(tparent, false, &format!("{shown}: hardlink target {}", show(&target)))?
+            .ok_or_else(missing)?;
+        match rustix::fs::linkat(&tfd, OsStr::from_bytes(&tbase[0]), pfd, name, AtFlags::empty()) {
+            Ok(()) => Ok(()),
+            Err(Errno::NOENT) => Err(missing()),
+            Err(Errno::PERM) => Err(invalid(format!("{shown}: hardlink target {} is a directory", show(&target)))),
+            Err(err) => Err(self.io("link", rel)(err.into())),
+        }
+    }
+
+    /// Owner, mode, xattrs and times of a just-created non-directory that
+    /// is not open (symlink, device, fifo).
+    fn set_meta_at(
+        &self,
+        pfd: &OwnedFd,
+        name: &OsStr,
+        rel: &[Vec<u8>],
+        meta: &Meta,
+        chmod: bool,
+    ) -> Result<(), ArchiveError> {
+        let os = |err: Errno| io::Error::from(err);
+        let (uid, gid) = (Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)));
+        rustix::fs::chownat(pfd, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(os)
+            .map_err(self.io("chown", rel))?;
+        if chmod {
+            rustix::fs::chmodat(pfd, name, Mode::from_raw_mode(meta.mode), AtFlags::empty())
+                .map_err(os)
+                .map_err(self.io("chmod", rel))?;
+        }
+        let path = proc_path(pfd.as_fd(), name);
+        for (k, v) in &meta.xattrs {
+            match rustix::fs::lsetxattr(&path, OsStr::from_bytes(k), v, XattrFlags::empty()) {
+                Ok(()) => {}
+                // user.* xattrs cannot exist on symlinks and devices.
+                Err(Errno::PERM) if k.starts_with(b"user.") => {
+                    tracing::warn!(path = %shown_lossy(rel), "dropping user xattr on a special file");
+                }
+                Err(err) => return Err(self.io("setxattr", rel)(err.into())),
+            }
+        }
+        rustix::fs::utimensat(pfd, name, &meta.times(), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(os)
+            .map_err(self.io("set times of", rel))?;
+        Ok(())
+    }
+
+    /// Owner and xattrs now; mode and times once every entry is in.
+    fn set_dir_meta(&mut self, fd: OwnedFd, rel: Rel, meta: Meta) -> Result<(), ArchiveError> {
+        let os = |err: Errno| io::Error::from(err);
+        rustix::fs::fchown(&fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))
+            .map_err(os)
+            .map_err(self.io("chown", &rel))?;
+        for (k, v) in &meta.xattrs {
+            rustix::fs::fsetxattr(&fd, OsStr::from_bytes(k), v, XattrFlags::empty())
+                .map_err(os)
+                .map_err(self.io("setxattr", &rel))?;
+        }
+        let times = meta.times();
+        self.dirs.insert(rel, (meta.mode, times));
+        Ok(())
+    }
+
+    fn finish_dirs(&mut self) -> Result<(), ArchiveError> {
+        let mut dirs: Vec<_> = std::mem::take(&mut self.dirs).into_iter().collect();
+        dirs.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        for (rel, (mode, times)) in dirs {
+            // Later entries may have removed or replaced the directory.
+            let fd = match self.open_dir(&rel, false, &show(&rel)) {
+                Ok(Some(fd)) => fd,
+                Ok(None) | Err(ArchiveError::InvalidTar(_)) => continue,
+                Err(err) => return Err(err),
+            };
+            let os = |err: Errno| io::Error::from(err);
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(os).map_err(self.io("chmod", &rel))?;
+            rustix::fs::futimens(&fd, &times).map_err(os).map_err(self.io("set times of", &rel))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::fs;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    use std::path::PathBuf;
+
+    use super::super::testutil::{dump, fix_cksum, header, pax, raw_tar};
+    use super::*;
+    use crate::archive::fs::list_xattrs;
+
+    const REG: u8 = b'0';
+    const LNK: u8 = b'1';
+    const SYM: u8 = b'2';
+    const DIR: u8 = b'5';
+
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        layer: PathBuf,
+        sentinel: PathBuf,
+    }
+
+    fn fixture() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let layer = tmp.path().join("layer");
+        let sentinel = tmp.path().join("sentinel");
+        fs::create_dir(&layer).unwrap();
+        fs::create_dir(&sentinel).unwrap();
+        fs::write(sentinel.join("file"), b"precious").unwrap();
+        Fixture { layer, sentinel, _tmp: tmp }
+    }
+
+    fn apply_bytes(dir: &Path, tar: &[u8], format: WhiteoutFormat) -> Result<u64, ArchiveError> {
+        let mut r = tar;
+        apply(dir, &mut r, &ApplyOptions { whiteouts: format })
+    }
+
+    fn remove(dir: &Path, tar: &[u8]) -> Result<u64, ArchiveError> {
+        apply_bytes(dir, tar, WhiteoutFormat::Remove)
+    }
+
+    #[test]
+    fn hostile_tars_are_rejected_and_touch_nothing_outside() {
+        let f = fixture();
+        let abs = format!("{}/pwned", f.sentinel.display());
+        let sent = f.sentinel.display().to_string();
+        let sent_file = format!("{sent}/file");
+        let big = vec![b'x'; 1000];
+        let mut bad_sum = raw_tar(&[(b"ok", REG, b"", b"data")]);
+        bad_sum[0] = b'p';
+        let mut truncated = raw_tar(&[(b"big", REG, b"", &big)]);
+        truncated.truncate(512 + 700);
+        let mut half_header = raw_tar(&[(b"a", REG, b"", b"1"), (b"b", REG, b"", b"2")]);
+        half_header.truncate(1024 + 100);
+        let mut pax_dotdot = pax(&[("path", b"../pwned")]);
+        pax_dotdot.extend(raw_tar(&[(b"innocent", REG, b"", b"x")]));
+        let mut pax_abs = pax(&[("path", abs.as_bytes())]);
+        pax_abs.extend(raw_tar(&[(b"innocent", REG, b"", b"x")]));
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("dotdot", raw_tar(&[(b"../pwned", REG, b"", b"x")])),
+            ("inner dotdot", raw_tar(&[(b"a/../../pwned", REG, b"", b"x")])),
+            ("absolute", raw_tar(&[(abs.as_bytes(), REG, b"", b"x")])),
+            ("pax dotdot", pax_dotdot),
+            ("pax absolute", pax_abs),
+            ("write through symlink", raw_tar(&[(b"a", SYM, sent.as_bytes(), b""), (b"a/pwned", REG, b"", b"x")])),
+            ("mkdir through symlink", raw_tar(&[(b"a", SYM, sent.as_bytes(), b""), (b"a/sub/pwned", REG, b"", b"x")])),
+            ("relative symlink escape", raw_tar(&[(b"d/a", SYM, b"../../sentinel", b"")])),
+            ("hardlink dotdot", raw_tar(&[(b"h", LNK, b"../sentinel/file", b"")])),
+            ("hardlink absolute", raw_tar(&[(b"h", LNK, sent_file.as_bytes(), b"")])),
+            ("hardlink through symlink", raw_tar(&[(b"s", SYM, sent.as_bytes(), b""), (b"h", LNK, b"s/file", b"")])),
+            ("hardlink to nothing", raw_tar(&[(b"h", LNK, b"nope", b"")])),
+            ("hardlink to dir", raw_tar(&[(b"d", DIR, b"", b""), (b"h", LNK, b"d", b"")])),
+            ("bad checksum", bad_sum),
+            ("truncated data", truncated),
+            ("truncated header", half_header),
+            ("empty whiteout", raw_tar(&[(b".wh.", REG, b"", b"")])),
+            ("dotdot whiteout", raw_tar(&[(b"d/.wh...", REG, b"", b"")])),
+            ("dot whiteout", raw_tar(&[(b"d/.wh..", REG, b"", b"")])),
+            ("whiteout dir", raw_tar(&[(b".wh.foo", DIR, b"", b"")])),
+            ("whiteout symlink", raw_tar(&[(b".wh.foo", SYM, b"x", b"")])),
+            ("opaque symlink", raw_tar(&[(b"d/.wh..wh..opq", SYM, b"x", b"")])),
+            ("opaque dir", raw_tar(&[(b"d/.wh..wh..opq", DIR, b"", b"")])),
+            ("root opaque dir", raw_tar(&[(b".wh..wh..opq", DIR, b"", b"")])),
+            ("aufs meta below root", raw_tar(&[(b"d/.wh..wh.plnk", DIR, b"", b"")])),
+            ("whiteout through symlink", raw_tar(&[(b"s", SYM, sent.as_bytes(), b""), (b"s/.wh.file", REG, b"", b"")])),
+            ("root as file", raw_tar(&[(b"./", REG, b"", b"x")])),
+            ("unknown type", raw_tar(&[(b"v", b'V', b"", b"")])),
+        ];
+        for (what, tar) in cases {
+            fs::remove_dir_all(&f.layer).unwrap();
+            fs::create_dir(&f.layer).unwrap();
+            for format in [WhiteoutFormat::Remove, WhiteoutFormat::Overlay] {
+                let err = apply_bytes(&f.layer, &tar, format).expect_err(what);
+                assert!(matches!(err, ArchiveError::InvalidTar(_)), "{what}: {err}");
+                assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument, "{what}");
+                let mut names: Vec<_> = fs::read_dir(&f.sentinel).unwrap().map(|e| e.unwrap().file_name()).collect();
+                names.sort();
+                assert_eq!(names, vec!["file"], "{what}: sentinel touched");
+                assert_eq!(fs::read(f.sentinel.join("file")).unwrap(), b"precious", "{what}");
+                let parent: Vec<_> = fs::read_dir(f.layer.parent().unwrap()).unwrap().collect();
+                assert_eq!(parent.len(), 2, "{what}: something written next to the layer");
+            }
+        }
+    }
+
+    #[test]
+    fn replaces_symlinks_and_hardlinks_instead_of_writing_through() {
+        let f = fixture();
+        let sent_file = f.sentinel.join("file");
+        std::os::unix::fs::symlink(&sent_file, f.layer.join("s")).unwrap();
+        fs::hard_link(&sent_file, f.layer.join("h")).unwrap();
+        let tar = raw_tar(&[(b"s", REG, b"", b"new s"), (b"h", REG, b"", b"new h")]);
+        assert_eq!(remove(&f.layer, &tar).unwrap(), 10);
+        assert_eq!(fs::read(&sent_file).unwrap(), b"precious");
+        assert_eq!(fs::read(f.layer.join("s")).unwrap(), b"new s");
+        assert_eq!(fs::read(f.layer.join("h")).unwrap(), b"new h");
+        assert_eq!(fs::metadata(&sent_file).unwrap().nlink(), 1);
+    }
+
+    #[test]
+    fn replacement_rules() {
+        let f = fixture();
+        fs::create_dir_all(f.layer.join("dir2file/sub")).unwrap();
+        fs::write(f.layer.join("file2dir"), b"x").unwrap();
+        fs::create_dir(f.layer.join("keep")).unwrap();
+        fs::write(f.layer.join("keep/old"), b"x").unwrap();
+        let tar = raw_tar(&[
+            (b"dir2file", REG, b"", b"now a file"),
+            (b"file2dir/", DIR, b"", b""),
+            (b"file2dir/child", REG, b"", b"c"),
+            (b"keep/", DIR, b"", b""),
+            (b"implicit/parent/file", REG, b"", b"p"),
+        ]);
+        remove(&f.layer, &tar).unwrap();
+        assert_eq!(fs::read(f.layer.join("dir2file")).unwrap(), b"now a file");
+        assert_eq!(fs::read(f.layer.join("file2dir/child")).unwrap(), b"c");
+        assert!(f.layer.join("keep/old").exists());
+        assert_eq!(fs::metadata(f.layer.join("keep")).unwrap().mode() & 0o7777, 0o644);
+        let md = fs::metadata(f.layer.join("implicit/parent")).unwrap();
+        assert_eq!(md.mode() & 0o7777, 0o755);
+    }
+
+    fn populate(layer: &Path) {
+        for d in ["a", "b/sub", "d", "e/sub"] {
+            fs::create_dir_all(layer.join(d)).unwrap();
+        }
+        for file in ["a/f", "a/g", "b/x", "b/sub/y", "c", "d/old", "d/keep", "e/sub/old", "e/other"] {
+            fs::write(layer.join(file), b"lower").unwrap();
+        }
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+
+    fn whiteout_tar() -> Vec<u8> {
+        raw_tar(&[
+            (b"a/.wh.f", REG, b"", b""),
+            (b".wh.c", REG, b"", b""),
+            (b".wh.missing", REG, b"", b""),
+            (b"b/", DIR, b"", b""),
+            (b"b/.wh..wh..opq", REG, b"", b""),
+            (b"b/new", REG, b"", b"upper"),
+            (b"d/keep", REG, b"", b"upper"),
+            (b"d/.wh..wh..opq", REG, b"", b""),
+            (b"e/sub/", DIR, b"", b""),
+            (b"e/sub/new", REG, b"", b"upper"),
+            (b"e/.wh..wh..opq", REG, b"", b""),
+            (b".wh..wh.plnk/", DIR, b"", b""),
+            (b".wh..wh.plnk/123", REG, b"", b""),
+        ])
+    }
+
+    #[test]
+    fn whiteouts_remove_format() {
+        let f = fixture();
+        populate(&f.layer);
+        remove(&f.layer, &whiteout_tar()).unwrap();
+        assert_eq!(names(&f.layer), ["a", "b", "d", "e"]);
+        assert_eq!(names(&f.layer.join("a")), ["g"]);
+        assert_eq!(names(&f.layer.join("b")), ["new"]);
+        assert_eq!(names(&f.layer.join("d")), ["keep"]);
+        assert_eq!(fs::read(f.layer.join("d/keep")).unwrap(), b"upper");
+        assert_eq!(names(&f.layer.join("e")), ["sub"]);
+        assert_eq!(names(&f.layer.join("e/sub")), ["new"]);
+    }
+
+    #[test]
+    fn whiteouts_overlay_format() {
+        let f = fixture();
+        populate(&f.layer);
+        apply_bytes(&f.layer, &whiteout_tar(), WhiteoutFormat::Overlay).unwrap();
+        for wh in ["a/f", "c", "missing"] {
+            let md = fs::symlink_metadata(f.layer.join(wh)).unwrap();
+            assert!(md.file_type().is_char_device(), "{wh}");
+            assert_eq!(md.rdev(), 0, "{wh}");
+        }
+        assert_eq!(names(&f.layer.join("b")), ["new", "sub", "x"]);
+        for d in ["b", "d", "e"] {
+            let x = list_xattrs(&f.layer.join(d)).unwrap();
+            assert!(x.contains(&(b"trusted.overlay.opaque".to_vec(), b"y".to_vec())), "{d}");
+        }
+        assert!(list_xattrs(&f.layer.join("a")).unwrap().is_empty());
+        assert!(!f.layer.join(".wh..wh.plnk").exists());
+    }
+
+    #[test]
+    fn metadata_is_preserved() {
+        let f = fixture();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut add =
+            |path: &str, t: EntryType, mode: u32, uid: u64, link: Option<&str>, data: &[u8], recs: &[(&str, &[u8])]| {
+                let mut h = tar::Header::new_ustar();
+                h.set_entry_type(t);
+                h.set_mode(mode);
+                h.set_uid(uid);
+                h.set_gid(uid + 1);
+                h.set_mtime(1_600_000_000);
+                h.set_size(data.len() as u64);
+                if let Some(l) = link {
+                    h.set_link_name(l).unwrap();
+                }
+                if matches!(t, EntryType::Char | EntryType::Block) {
+                    h.set_device_major(if t == EntryType::Char { 1 } else { 7 }).unwrap();
+                    h.set_device_minor(3).unwrap();
+                }
+                if !recs.is_empty() {
+                    b.append_pax_extensions(recs.iter().copied()).unwrap();
+                }
+                b.append_data(&mut h, path, data).unwrap();
+            };
+        let ns: &[(&str, &[u8])] = &[("mtime", b"1600000000.123456789"), ("atime", b"1500000000.5")];
+        add("dir", EntryType::Directory, 0o1777, 10, None, b"", &[("mtime", b"1600000001.25")]);
+        add("dir/suid", EntryType::Regular, 0o4755, 1234, None, b"hello", ns);
+        add("dir/sgid", EntryType::Regular, 0o2711, 0, None, b"", &[]);
+        add(
+            "dir/xattr",
+            EntryType::Regular,
+            0o640,
+            7,
+            None,
+            b"x",
+            &[
+                ("SCHILY.xattr.user.foo", b"bar"),
+                ("SCHILY.xattr.trusted.t", b"\x00\x01"),
+                (
+                    "SCHILY.xattr.security.capability",
+                    b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
+                ),
+                ("SCHILY.xattr.trusted.overlay.redirect", b"/etc"),
+            ],
+        );
+        add("dir/link", EntryType::Symlink, 0o777, 55, Some("/does/not/matter"), b"", ns);
+        add("dir/hard", EntryType::Link, 0o644, 0, Some("dir/suid"), b"", &[]);
+        add("dir/null", EntryType::Char, 0o666, 0, None, b"", &[]);
+        add("dir/loop", EntryType::Block, 0o660, 6, None, b"", &[]);
+        add("dir/fifo", EntryType::Fifo, 0o600, 9, None, b"", &[]);
+        let tar = b.into_inner().unwrap();
+        assert_eq!(remove(&f.layer, &tar).unwrap(), 6);
+
+        let l = &f.layer;
+        let md = |p: &str| fs::symlink_metadata(l.join(p)).unwrap();
+        let dir = md("dir");
+        assert_eq!((dir.mode() & 0o7777, dir.uid(), dir.gid()), (0o1777, 10, 11));
+        assert_eq!((dir.mtime(), dir.mtime_nsec()), (1_600_000_001, 250_000_000));
+        let suid = md("dir/suid");
+        assert_eq!((suid.mode() & 0o7777, suid.uid(), suid.gid()), (0o4755, 1234, 1235));
+        assert_eq!((suid.mtime(), suid.mtime_nsec()), (1_600_000_000, 123_456_789));
+        assert_eq!((suid.atime(), suid.atime_nsec()), (1_500_000_000, 500_000_000));
+        assert_eq!(suid.nlink(), 2);
+        assert_eq!(md("dir/hard").ino(), suid.ino());
+        assert_eq!(md("dir/sgid").mode() & 0o7777, 0o2711);
+        let x = list_xattrs(&l.join("dir/xattr")).unwrap();
+        let keys: Vec<_> = x.iter().map(|(k, _)| String::from_utf8_lossy(k).into_owned()).collect();
+        assert_eq!(keys, ["security.capability", "trusted.t", "user.foo"]);
+        assert_eq!(md("dir/xattr").uid(), 7);
+        let link = md("dir/link");
+        assert!(link.file_type().is_symlink());
+        assert_eq!((link.uid(), link.mtime_nsec()), (55, 123_456_789));
+        assert_eq!(fs::read_link(l.join("dir/link")).unwrap(), Path::new("/does/not/matter"));
+        let null = md("dir/null");
+        assert!(null.file_type().is_char_device());
+        assert_eq!((rustix::fs::major(null.rdev()), rustix::fs::minor(null.rdev())), (1, 3));
+        assert_eq!(null.mode() & 0o7777, 0o666);
+        let lp = md("dir/loop");
+        assert!(lp.file_type().is_block_device());
+        assert_eq!((rustix::fs::major(lp.rdev()), lp.uid()), (7, 6));
+        let fifo = md("dir/fifo");
+        assert!(fifo.file_type().is_fifo());
+        assert_eq!((fifo.mode() & 0o7777, fifo.uid(), fifo.mtime()), (0o600, 9, 1_600_000_000));
+    }
+
+    /// Sparse files from real GNU tar: the `S` type and every PAX version.
+    #[test]
+    fn gnu_tar_sparse_files_extract_exactly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let file = src.join("sparse");
+        let size = 8 * 1024 * 1024 + 333;
+        let f = fs::File::create(&file).unwrap();
+        f.set_len(size).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"hello", 300_000).unwrap();
+        f.write_all_at(&[0xab; 10_000], 5_000_000).unwrap();
+        f.write_all_at(b"end", size - 3).unwrap();
+        drop(f);
+        fs::write(src.join("plain"), b"plain file").unwrap();
+        let want = fs::read(&file).unwrap();
+        let variants: &[&[&str]] = &[
+            &["--format=gnu"],
+            &["--format=posix"],
+            &["--format=posix", "--sparse-version=0.0"],
+            &["--format=posix", "--sparse-version=0.1"],
+            &["--format=posix", "--sparse-version=1.0"],
+        ];
+        for args in variants {
+            let tarfile = tmp.path().join("t.tar");
+            let status = std::process::Command::new("tar")
+                .args(["--sparse", "-cf"])
+                .arg(&tarfile)
+                .args(*args)
+                .arg("-C")
+                .arg(&src)
+                .args(["sparse", "plain"])
+                .status();
+            match status {
+                Ok(s) if s.success() => {}
+                other => {
+                    eprintln!("SKIP gnu_tar_sparse_files_extract_exactly {args:?}: GNU tar unusable: {other:?}");
+                    continue;
+                }
+            }
+            let out = tmp.path().join("out");
+            let _ = fs::remove_dir_all(&out);
+            fs::create_dir(&out).unwrap();
+            let data = fs::read(&tarfile).unwrap();
+            let n = remove(&out, &data).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(n, size + 10, "{args:?}");
+            assert_eq!(names(&out), ["plain", "sparse"], "{args:?}");
+            let got = fs::read(out.join("sparse")).unwrap();
+            assert!(got == want, "{args:?}: content differs");
+            let md = fs::metadata(out.join("sparse")).unwrap();
+            assert!(md.blocks() * 512 < size / 2, "{args:?}: holes were filled ({} blocks)", md.blocks());
+            assert_eq!(fs::read(out.join("plain")).unwrap(), b"plain file");
+        }
+    }
+
+    #[test]
+    fn absurd_gnu_sparse_size_is_rejected_quickly() {
+        let f = fixture();
+        let base256 = |v: u64| {
+            let mut field = [0u8; 12];
+            field[0] = 0x80;
+            field[4..].copy_from_slice(&v.to_be_bytes());
+            field
+        };
+        let mut h = header(b"huge", b'S', b"", 512, 0o644);
+        h[257..265].copy_from_slice(b"ustar  \0");
+        h[386..398].copy_from_slice(&base256((1 << 50) - 512));
+        h[398..410].copy_from_slice(&base256(512));
+        h[483..495].copy_from_slice(&base256(1 << 50));
+        fix_cksum(&mut h);
+        let mut t = h.to_vec();
+        t.extend_from_slice(&[1u8; 512]);
+        t.extend_from_slice(&[0u8; 1024]);
+        let start = std::time::Instant::now();
+        let err = remove(&f.layer, &t).unwrap_err();
+        assert!(err.to_string().contains("too large"), "{err}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn malformed_pax_sparse_is_rejected() {
+        let f = fixture();
+        let mut t = pax(&[("GNU.sparse.major", b"1"), ("GNU.sparse.minor", b"0"), ("GNU.sparse.realsize", b"10")]);
+        let mut data = b"1\n0\n50\n".to_vec();
+        data.resize(512, 0);
+        data.extend_from_slice(&[1; 50]);
+        t.extend(raw_tar(&[(b"GNUSparseFile.0/f", REG, b"", &data)]));
+        let err = remove(&f.layer, &t).unwrap_err();
+        assert!(err.to_string().contains("past the file size"), "{err}");
+        let _ = header;
+        let _: BTreeMap<String, String> = dump(&f.layer);
+        assert_eq!(fs::metadata(&f.layer).unwrap().permissions().mode() & 0o7777, 0o755);
+    }
+}
