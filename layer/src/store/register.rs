@@ -205,7 +205,11 @@ impl Inner {
             sink: Some(chunks_tx),
             recorder_stopped: false,
         }));
-        let applied = self.driver.apply_diff(cache_id, parent_cache, Box::new(SharedTee(tee.clone()))).await;
+        // Buffer in front of the tee so the hash and the recorder see large
+        // chunks however small the extractor's reads are. Bytes the buffer
+        // reads ahead are hashed once, and the drain below continues after them.
+        let buffered = std::io::BufReader::with_capacity(256 * 1024, SharedTee(tee.clone()));
+        let applied = self.driver.apply_diff(cache_id, parent_cache, Box::new(buffered)).await;
         // Drain what the extractor left (the end blocks and record padding
         // belong to the DiffID and the tar-split too), then close the channel.
         let ok = applied.is_ok();
@@ -298,7 +302,9 @@ impl Inner {
         let path = self.db.tar_split_path(chain);
         let file = blocking(move || Ok(File::open(&path).ctx("open", &path)?)).await?;
         let asm = Assembler::new(Box::new(file), DirGetter::new(dir));
-        let verified = VerifyingReader::new(asm, meta.diff_id.0.clone());
+        // Two stages on two threads, like `tar -c | consumer`: the assembler
+        // (file reads, CRC-64) runs ahead while the reader verifies SHA-256.
+        let verified = VerifyingReader::new(Pipelined::spawn(asm), meta.diff_id.0.clone());
         Ok(Box::new(Guarded { inner: verified, _put: put }))
     }
 }
@@ -359,6 +365,83 @@ impl Read for ChannelReader {
                     self.pos = 0;
                 }
                 Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Runs a reader on its own thread, a few chunks ahead of the consumer.
+/// Dropping it stops the thread at its next send.
+struct Pipelined {
+    rx: Receiver<io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl Pipelined {
+    const CHUNK: usize = 256 * 1024;
+
+    fn spawn<R: Read + Send + 'static>(mut src: R) -> Self {
+        let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(4);
+        std::thread::spawn(move || {
+            loop {
+                let mut chunk = vec![0u8; Self::CHUNK];
+                let mut filled = 0;
+                let res = loop {
+                    match src.read(&mut chunk[filled..]) {
+                        Ok(0) => break Ok(()),
+                        Ok(n) => {
+                            filled += n;
+                            if filled == chunk.len() {
+                                break Ok(());
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => break Err(e),
+                    }
+                };
+                chunk.truncate(filled);
+                let last = filled < Self::CHUNK;
+                if filled > 0 && tx.send(Ok(chunk)).is_err() {
+                    return;
+                }
+                if let Err(e) = res {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+                if last {
+                    return;
+                }
+            }
+        });
+        Pipelined { rx, buf: Vec::new(), pos: 0, done: false }
+    }
+}
+
+impl Read for Pipelined {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos >= self.buf.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Ok(b)) => {
+                    self.buf = b;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                Err(_) => {
+                    self.done = true;
+                    return Ok(0);
+                }
             }
         }
         let n = out.len().min(self.buf.len() - self.pos);

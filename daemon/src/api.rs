@@ -1,0 +1,71 @@
+//! Wire types of the REST API that are not the store's own views
+//! ([`layer::LayerInfo`], [`layer::RwInfo`], [`layer::StoreInfo`] are sent as
+//! they are). Field names are a public contract: add, never rename.
+//!
+//! Request types carry plain strings: the server parses them into validated
+//! types itself so a malformed value gets a precise 400 message.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The base path of every route.
+pub const PREFIX: &str = "/v1";
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub message: String,
+}
+
+/// Query of `POST /v1/layers`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_id: Option<String>,
+}
+
+/// Answer of `DELETE /v1/layers/{chain}`: the layers the release freed (empty
+/// when the layer is still held by a child, an RW layer or another reference).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedResponse {
+    pub deleted: Vec<String>,
+}
+
+/// Body of `POST /v1/rw`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateRwRequest {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    #[serde(default)]
+    pub init: bool,
+}
+
+/// Answer of `POST /v1/rw/{name}/mount`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountResponse {
+    pub path: PathBuf,
+}
+
+/// Body of `POST /v1/rw/delete`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BulkDeleteRequest {
+    pub names: Vec<String>,
+}
+
+/// Answer of `POST /v1/rw/delete`: one result per requested name, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BulkDeleteResponse {
+    pub results: Vec<BulkDeleteResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BulkDeleteResult {
+    pub name: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

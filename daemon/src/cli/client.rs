@@ -1,0 +1,279 @@
+//! A small HTTP/1 client for the daemon's unix socket (or TCP with a bearer
+//! token): one connection per
+//! request (requests of one `layerctl` run go out concurrently), JSON in and
+//! out, tar bodies streamed in both directions.
+
+use std::io;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_util::io::ReaderStream;
+
+use crate::api::ErrorBody;
+
+/// Where `layerctl` looks for the daemon by default.
+pub const DEFAULT_HOST: &str = "unix:///run/layerd/layerd.sock";
+
+pub type ReqBody = UnsyncBoxBody<Bytes, io::Error>;
+
+/// Why a command failed; each maps to an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad flags or a host we cannot use (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The daemon could not be reached (exit 3).
+    #[error("cannot reach layerd at {host}: {source}")]
+    Unreachable { host: String, source: io::Error },
+    /// The daemon answered with an error (exit 1).
+    #[error("{message}")]
+    Server { status: StatusCode, message: String },
+    /// Anything else: local files, a broken connection, a bad reply (exit 1).
+    #[error("{0}")]
+    Other(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::Unreachable { .. } => 3,
+            CliError::Server { .. } | CliError::Other(_) => 1,
+        }
+    }
+
+    pub fn other(context: &str, e: impl std::fmt::Display) -> Self {
+        CliError::Other(format!("{context}: {e}"))
+    }
+}
+
+pub type CliResult<T> = Result<T, CliError>;
+
+/// A handle on one daemon.
+#[derive(Debug, Clone)]
+pub struct Client {
+    endpoint: Endpoint,
+}
+
+#[derive(Debug, Clone)]
+enum Endpoint {
+    Unix(PathBuf),
+    Tcp { addr: String, token: String },
+}
+
+impl Client {
+    /// `unix:///path/to.sock`, or `tcp://HOST:PORT` with a bearer token.
+    pub fn from_host(host: &str, token: Option<String>) -> CliResult<Client> {
+        if let Some(path) = host.strip_prefix("unix://") {
+            if !path.starts_with('/') {
+                return Err(CliError::Usage(format!("invalid host {host:?}: want unix:///absolute/path")));
+            }
+            return Ok(Client { endpoint: Endpoint::Unix(PathBuf::from(path)) });
+        }
+        if let Some(addr) = host.strip_prefix("tcp://") {
+            if addr.is_empty() || addr.contains('/') {
+                return Err(CliError::Usage(format!("invalid host {host:?}: want tcp://HOST:PORT")));
+            }
+            let Some(token) = token else {
+                return Err(CliError::Usage(format!(
+                    "host {host} needs a token: pass --token-file FILE or set LAYERD_TOKEN"
+                )));
+            };
+            return Ok(Client { endpoint: Endpoint::Tcp { addr: addr.to_owned(), token } });
+        }
+        Err(CliError::Usage(format!("invalid host {host:?}: want unix:///path/to/layerd.sock or tcp://HOST:PORT")))
+    }
+
+    /// The daemon's address, as given.
+    pub fn host(&self) -> String {
+        match &self.endpoint {
+            Endpoint::Unix(p) => format!("unix://{}", p.display()),
+            Endpoint::Tcp { addr, .. } => format!("tcp://{addr}"),
+        }
+    }
+
+    async fn connect(&self) -> CliResult<SendRequest<ReqBody>> {
+        let unreachable = |source| CliError::Unreachable { host: self.host(), source };
+        match &self.endpoint {
+            Endpoint::Unix(path) => handshake(UnixStream::connect(path).await.map_err(unreachable)?).await,
+            Endpoint::Tcp { addr, .. } => handshake(TcpStream::connect(addr).await.map_err(unreachable)?).await,
+        }
+    }
+
+    /// Send one request; a non-2xx answer becomes [`CliError::Server`].
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: ReqBody,
+    ) -> CliResult<Response<Incoming>> {
+        let mut sender = self.connect().await?;
+        let mut req = Request::builder().method(method).uri(path).header(HOST, "layerd");
+        if let Some(ct) = content_type {
+            req = req.header(CONTENT_TYPE, ct);
+        }
+        if let Endpoint::Tcp { token, .. } = &self.endpoint {
+            req = req.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = req.body(body).map_err(|e| CliError::other("build request", e))?;
+        let resp = sender.send_request(req).await.map_err(|e| CliError::other("request to layerd", e))?;
+        if resp.status().is_success() { Ok(resp) } else { Err(server_error(resp).await) }
+    }
+
+    /// A request without a body, answering JSON.
+    pub async fn call<T: DeserializeOwned>(&self, method: Method, path: &str) -> CliResult<T> {
+        let resp = self.send(method, path, None, empty()).await?;
+        read_json(resp).await
+    }
+
+    /// A request without a body whose answer (2xx, possibly empty) is ignored.
+    pub async fn call_unit(&self, method: Method, path: &str) -> CliResult<()> {
+        let resp = self.send(method, path, None, empty()).await?;
+        resp.into_body().collect().await.map_err(|e| CliError::other("read reply", e))?;
+        Ok(())
+    }
+
+    /// A request with a JSON body, answering JSON.
+    pub async fn call_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+    ) -> CliResult<T> {
+        let bytes = serde_json::to_vec(body).map_err(|e| CliError::other("encode request", e))?;
+        let body = Full::new(Bytes::from(bytes)).map_err(|never| match never {}).boxed_unsync();
+        let resp = self.send(method, path, Some("application/json"), body).await?;
+        read_json(resp).await
+    }
+
+    /// POST `reader` as a streamed tar body, answering JSON.
+    pub async fn upload<R, T>(&self, path: &str, reader: R) -> CliResult<T>
+    where
+        R: AsyncRead + Send + 'static,
+        T: DeserializeOwned,
+    {
+        let stream = ReaderStream::new(reader).map_ok(Frame::data);
+        let body = BodyExt::boxed_unsync(StreamBody::new(stream));
+        let resp = self.send(Method::POST, path, Some("application/x-tar"), body).await?;
+        read_json(resp).await
+    }
+
+    /// GET a streamed body; the status has been checked, the body not read.
+    pub async fn open(&self, path: &str) -> CliResult<Response<Incoming>> {
+        self.send(Method::GET, path, None, empty()).await
+    }
+}
+
+/// Copy a streamed body into `out`. Fails if the body breaks off, which is
+/// how the daemon reports an error after the head was sent.
+pub async fn copy_body<W: AsyncWrite + Unpin>(resp: Response<Incoming>, out: &mut W) -> CliResult<u64> {
+    let mut body = resp.into_body();
+    let mut total = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| CliError::other("transfer broke off", e))?;
+        if let Ok(data) = frame.into_data() {
+            out.write_all(&data).await.map_err(|e| CliError::other("write output", e))?;
+            total += data.len() as u64;
+        }
+    }
+    out.flush().await.map_err(|e| CliError::other("write output", e))?;
+    Ok(total)
+}
+
+async fn handshake<S>(stream: S) -> CliResult<SendRequest<ReqBody>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| CliError::other("connect to layerd", e))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+pub fn empty() -> ReqBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+async fn read_json<T: DeserializeOwned>(resp: Response<Incoming>) -> CliResult<T> {
+    let bytes = resp.into_body().collect().await.map_err(|e| CliError::other("read reply", e))?.to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| CliError::other("unexpected reply from layerd", e))
+}
+
+async fn server_error(resp: Response<Incoming>) -> CliError {
+    let status = resp.status();
+    let message = match resp.into_body().collect().await {
+        Ok(body) => match serde_json::from_slice::<ErrorBody>(&body.to_bytes()) {
+            Ok(e) => e.message,
+            Err(_) => format!("layerd answered {status}"),
+        },
+        Err(e) => format!("layerd answered {status} ({e})"),
+    };
+    CliError::Server { status, message }
+}
+
+/// Percent-encode a path segment or query value.
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        let c = Client::from_host("unix:///run/x.sock", None).unwrap();
+        assert_eq!(c.host(), "unix:///run/x.sock");
+        let c = Client::from_host("tcp://127.0.0.1:2375", Some("t".into())).unwrap();
+        assert_eq!(c.host(), "tcp://127.0.0.1:2375");
+        let e = Client::from_host("tcp://127.0.0.1:2375", None).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("needs a token"), "{e}");
+        for bad in ["unix://rel.sock", "/run/x.sock", "tcp://", "http://x"] {
+            assert_eq!(Client::from_host(bad, None).unwrap_err().exit_code(), 2, "{bad}");
+        }
+    }
+
+    #[test]
+    fn encodes_reserved_characters() {
+        assert_eq!(encode("sha256:abc"), "sha256:abc");
+        assert_eq!(encode("a b/c?d&e%"), "a%20b%2Fc%3Fd%26e%25");
+        assert_eq!(encode("é"), "%C3%A9");
+    }
+
+    #[tokio::test]
+    async fn an_absent_daemon_is_unreachable() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("none.sock");
+        let client = Client::from_host(&format!("unix://{}", sock.display()), None).unwrap();
+        let e = client.call::<serde_json::Value>(Method::GET, "/v1/_ping").await.unwrap_err();
+        assert_eq!(e.exit_code(), 3);
+        assert!(e.to_string().contains(&sock.display().to_string()), "{e}");
+    }
+}

@@ -1,0 +1,90 @@
+//! `/v1/layers`: register, list, inspect, export and release read-only layers.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use layer::{ChainId, DiffId, LayerInfo, RegisterOpts};
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiQuery, ChainPath};
+use super::routes::AppState;
+use super::stream::{body_reader, tar_response};
+use crate::api::{DeletedResponse, RegisterQuery};
+
+pub async fn list(State(state): State<AppState>) -> Json<Vec<LayerInfo>> {
+    Json(state.store.list())
+}
+
+/// `POST /v1/layers?parent=&diff_id=`: the body is the tar, streamed.
+pub async fn register(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<RegisterQuery>,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<LayerInfo>)> {
+    let opts = register_opts(&query)?;
+    tracing::debug!(parent = ?opts.parent, diff_id = ?opts.diff_id, "register");
+    let reader = body_reader(body);
+    let store = state.store.clone();
+    let info = state.detached(async move { Ok(store.register(reader, opts).await?) }).await?;
+    tracing::info!(chain_id = %info.chain_id, "layer registered");
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+/// An empty `parent=` or `diff_id=` means "not given".
+fn register_opts(query: &RegisterQuery) -> ApiResult<RegisterOpts> {
+    let given = |v: &Option<String>| v.as_deref().filter(|s| !s.is_empty()).map(str::to_owned);
+    let parent = given(&query.parent)
+        .map(|s| ChainId::parse(&s))
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("parent: {e}")))?;
+    let diff_id = given(&query.diff_id)
+        .map(|s| DiffId::parse(&s))
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("diff_id: {e}")))?;
+    Ok(RegisterOpts { parent, diff_id, blob_digest: None })
+}
+
+pub async fn inspect(State(state): State<AppState>, ChainPath(chain): ChainPath) -> ApiResult<Json<LayerInfo>> {
+    Ok(Json(state.store.get(&chain)?))
+}
+
+pub async fn tar(State(state): State<AppState>, ChainPath(chain): ChainPath) -> ApiResult<Response> {
+    let reader = state.store.tar_stream(&chain).await?;
+    Ok(tar_response(reader))
+}
+
+/// Drop the reference a registration gave. Answers the layers this freed.
+pub async fn release(State(state): State<AppState>, ChainPath(chain): ChainPath) -> ApiResult<Json<DeletedResponse>> {
+    let store = state.store.clone();
+    let deleted = state.detached(async move { Ok(store.release(&chain).await?) }).await?;
+    Ok(Json(DeletedResponse { deleted: deleted.iter().map(ToString::to_string).collect() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEX: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn empty_query_values_mean_absent() {
+        let q = RegisterQuery { parent: Some(String::new()), diff_id: None };
+        let opts = register_opts(&q).unwrap();
+        assert!(opts.parent.is_none() && opts.diff_id.is_none());
+    }
+
+    #[test]
+    fn query_values_are_parsed() {
+        let q = RegisterQuery { parent: Some(format!("sha256:{HEX}")), diff_id: Some(format!("sha256:{HEX}")) };
+        let opts = register_opts(&q).unwrap();
+        assert_eq!(opts.parent.unwrap().to_string(), format!("sha256:{HEX}"));
+        let q = RegisterQuery { parent: Some("sha256:xyz".into()), diff_id: None };
+        let e = register_opts(&q).unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert!(e.public_message().starts_with("parent: invalid digest"), "{}", e.public_message());
+        let q = RegisterQuery { parent: None, diff_id: Some("md5:00".into()) };
+        assert!(register_opts(&q).unwrap_err().public_message().starts_with("diff_id: "));
+    }
+}

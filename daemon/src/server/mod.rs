@@ -1,0 +1,203 @@
+//! `layerd`: the layer store served over HTTP on a unix socket.
+//!
+//! Start-up order matters: the store is opened (and its root locked) before
+//! the socket is touched, so a second daemon on the same root fails without
+//! disturbing the first one's socket. Shutdown runs the other way: stop
+//! accepting, let in-flight requests and tracked store tasks finish, shut the
+//! store down, remove the socket.
+
+pub mod driver;
+pub mod error;
+pub mod extract;
+pub mod layers;
+pub mod lock;
+pub mod routes;
+pub mod rw;
+pub mod socket;
+pub mod stream;
+pub mod tcp;
+pub mod trace;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use axum::middleware;
+use clap::Parser;
+use layer::Store;
+use tokio_util::sync::CancellationToken;
+
+pub use driver::DriverSpec;
+pub use routes::{AppState, router};
+
+/// Command-line flags of `layerd`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "layerd", version, about = "Serve a layer store over a REST API on a unix socket")]
+pub struct Config {
+    /// Data root: the store's metadata and the driver's layers live here.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/layerd")]
+    pub root: PathBuf,
+    /// Graph driver: vfs, overlay, btrfs or plugin:NAME.
+    #[arg(long, value_name = "DRIVER", default_value = "vfs")]
+    pub driver: DriverSpec,
+    /// Unix socket to listen on (created with mode 0660).
+    #[arg(long, value_name = "PATH", default_value = "/run/layerd/layerd.sock")]
+    pub socket: PathBuf,
+    /// Also listen on TCP, e.g. tcp://127.0.0.1:2375. Requires --token-file.
+    #[arg(long, value_name = "tcp://HOST:PORT", requires = "token_file")]
+    pub listen: Option<String>,
+    /// File holding the bearer token every TCP request must carry.
+    #[arg(long, value_name = "FILE", requires = "listen")]
+    pub token_file: Option<PathBuf>,
+    /// Log filter: a level (error, warn, info, debug, trace) or env-filter directives.
+    #[arg(long, value_name = "FILTER", env = "LAYERD_LOG", default_value = "info")]
+    pub log_level: String,
+}
+
+/// The `layerd` binary.
+pub fn main() -> ExitCode {
+    let config = Config::parse();
+    if let Err(e) = trace::init(&config.log_level) {
+        eprintln!("layerd: {e:#}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("layerd: start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "layerd failed");
+            eprintln!("layerd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Open the store, serve until SIGTERM/SIGINT, shut down cleanly.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let token = config.token_file.as_deref().map(tcp::read_token).transpose()?;
+    let probe = lock::probe_root(&config.root)?;
+    let driver = driver::open(&config.driver, &config.root)?;
+    drop(probe);
+    let store = Store::open(&config.root, driver)
+        .await
+        .with_context(|| format!("open the layer store in {}", config.root.display()))?;
+    let listeners = bind_all(&config).await;
+    let (bound, tcp_listener) = match listeners {
+        Ok(l) => l,
+        Err(e) => {
+            shutdown_store(&store).await;
+            return Err(e);
+        }
+    };
+    tracing::info!(
+        root = %config.root.display(),
+        driver = %config.driver,
+        socket = %bound.path().display(),
+        tcp = ?tcp_listener.as_ref().and_then(|l| l.local_addr().ok()),
+        "layerd listening"
+    );
+    let (listener, socket_file) = bound.into_parts();
+    let state = AppState::new(store.clone());
+    let app = router(state.clone());
+    let stop = CancellationToken::new();
+    let unix = async {
+        let r = axum::serve(listener, app.clone()).with_graceful_shutdown(stop.clone().cancelled_owned()).await;
+        stop.cancel();
+        r
+    };
+    let tcp = async {
+        let (Some(l), Some(token)) = (tcp_listener, token) else { return Ok(()) };
+        let app = app.clone().layer(middleware::from_fn_with_state(token, tcp::require_token));
+        let r = axum::serve(l, app).with_graceful_shutdown(stop.clone().cancelled_owned()).await;
+        stop.cancel();
+        r
+    };
+    let signal = async {
+        tokio::select! {
+            () = shutdown_signal() => stop.cancel(),
+            () = stop.cancelled() => {}
+        }
+    };
+    let (unix_served, tcp_served, ()) = tokio::join!(unix, tcp, signal);
+    tracing::info!("no longer accepting; finishing store work");
+    state.tasks.close();
+    state.tasks.wait().await;
+    shutdown_store(&store).await;
+    socket_file.remove();
+    unix_served.context("serve the unix socket")?;
+    tcp_served.context("serve tcp")?;
+    tracing::info!("layerd stopped");
+    Ok(())
+}
+
+/// The TCP listener first: binding it has no side effect to undo.
+async fn bind_all(config: &Config) -> anyhow::Result<(socket::BoundSocket, Option<tokio::net::TcpListener>)> {
+    let tcp_listener = match &config.listen {
+        Some(listen) => Some(tcp::bind(listen).await?),
+        None => None,
+    };
+    Ok((socket::BoundSocket::bind(&config.socket)?, tcp_listener))
+}
+
+async fn shutdown_store(store: &Store) {
+    if let Err(e) = store.shutdown().await {
+        tracing::error!(error = %e, "store shutdown failed");
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let int = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot watch SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = term => tracing::info!("SIGTERM received; shutting down"),
+        () = int => tracing::info!("SIGINT received; shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_have_defaults() {
+        let c = Config::try_parse_from(["layerd"]).unwrap();
+        assert_eq!(c.root, PathBuf::from("/var/lib/layerd"));
+        assert_eq!(c.driver, DriverSpec::Vfs);
+        assert_eq!(c.socket, PathBuf::from("/run/layerd/layerd.sock"));
+    }
+
+    #[test]
+    fn flags_parse() {
+        let c =
+            Config::try_parse_from(["layerd", "--root", "/r", "--driver", "plugin:p", "--socket", "/s.sock"]).unwrap();
+        assert_eq!(c.root, PathBuf::from("/r"));
+        assert_eq!(c.driver, DriverSpec::Plugin("p".into()));
+        assert!(Config::try_parse_from(["layerd", "--driver", "zfs"]).is_err());
+        assert!(Config::try_parse_from(["layerd", "--listen", "tcp://127.0.0.1:1"]).is_err(), "needs a token");
+        let c = Config::try_parse_from(["layerd", "--listen", "tcp://127.0.0.1:1", "--token-file", "/t"]).unwrap();
+        assert_eq!(c.listen.as_deref(), Some("tcp://127.0.0.1:1"));
+    }
+}

@@ -1,0 +1,135 @@
+//! `/v1/rw`: containers' writable layers.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use graphdriver::Change;
+use layer::{ChainId, LayerInfo, RwInfo, RwName, RwOpts, Store};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiJson, NamePath};
+use super::routes::AppState;
+use super::stream::tar_response;
+use crate::api::{BulkDeleteRequest, BulkDeleteResponse, BulkDeleteResult, CreateRwRequest, MountResponse};
+
+/// Removals of one bulk delete that run at once.
+pub const BULK_DELETE_PARALLELISM: usize = 16;
+
+pub async fn list(State(state): State<AppState>) -> Json<Vec<RwInfo>> {
+    Json(state.store.list_rw())
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<CreateRwRequest>,
+) -> ApiResult<(StatusCode, Json<RwInfo>)> {
+    let name = RwName::parse(&req.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let parent = req
+        .parent
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(ChainId::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("parent: {e}")))?;
+    let opts = RwOpts { init: req.init, ..RwOpts::default() };
+    let store = state.store.clone();
+    let info = state.detached(async move { Ok(store.create_rw(&name, parent.as_ref(), opts).await?) }).await?;
+    tracing::info!(name = %info.name, "rw layer created");
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+pub async fn inspect(State(state): State<AppState>, NamePath(name): NamePath) -> ApiResult<Json<RwInfo>> {
+    Ok(Json(state.store.get_rw(&name)?))
+}
+
+pub async fn mount(State(state): State<AppState>, NamePath(name): NamePath) -> ApiResult<Json<MountResponse>> {
+    let store = state.store.clone();
+    let path = state.detached(async move { Ok(store.mount(&name).await?) }).await?;
+    Ok(Json(MountResponse { path }))
+}
+
+pub async fn unmount(State(state): State<AppState>, NamePath(name): NamePath) -> ApiResult<StatusCode> {
+    let store = state.store.clone();
+    state.detached(async move { Ok(store.unmount(&name).await?) }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn changes(State(state): State<AppState>, NamePath(name): NamePath) -> ApiResult<Json<Vec<Change>>> {
+    Ok(Json(state.store.changes(&name).await?))
+}
+
+pub async fn tar(State(state): State<AppState>, NamePath(name): NamePath) -> ApiResult<Response> {
+    let reader = state.store.diff(&name).await?;
+    Ok(tar_response(reader))
+}
+
+pub async fn commit(
+    State(state): State<AppState>,
+    NamePath(name): NamePath,
+) -> ApiResult<(StatusCode, Json<LayerInfo>)> {
+    let store = state.store.clone();
+    let info = state.detached(async move { Ok(store.commit(&name).await?) }).await?;
+    tracing::info!(chain_id = %info.chain_id, "rw layer committed");
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+pub async fn release(State(state): State<AppState>, NamePath(name): NamePath) -> ApiResult<StatusCode> {
+    let store = state.store.clone();
+    state.detached(async move { Ok(store.release_rw(&name).await?) }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/rw/delete {"names":[...]}`: remove many RW layers concurrently.
+/// Each name gets its own result; one failure does not stop the others.
+pub async fn bulk_delete(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<BulkDeleteRequest>,
+) -> ApiResult<Json<BulkDeleteResponse>> {
+    let store = state.store.clone();
+    let results = state.detached(async move { Ok(delete_all(store, req.names).await) }).await?;
+    Ok(Json(BulkDeleteResponse { results }))
+}
+
+async fn delete_all(store: Store, names: Vec<String>) -> Vec<BulkDeleteResult> {
+    let mut results: Vec<BulkDeleteResult> =
+        names.iter().map(|name| BulkDeleteResult { name: name.clone(), ok: false, error: None }).collect();
+    let permits = Arc::new(Semaphore::new(BULK_DELETE_PARALLELISM));
+    let mut set = JoinSet::new();
+    for (i, raw) in names.into_iter().enumerate() {
+        let name = match RwName::parse(&raw) {
+            Ok(name) => name,
+            Err(e) => {
+                results[i].error = Some(e.to_string());
+                continue;
+            }
+        };
+        let store = store.clone();
+        let permits = Arc::clone(&permits);
+        set.spawn(async move {
+            // The semaphore is never closed, so acquiring cannot fail.
+            let _permit = permits.acquire_owned().await;
+            (i, store.release_rw(&name).await.map_err(ApiError::from))
+        });
+    }
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((i, Ok(()))) => results[i].ok = true,
+            Ok((i, Err(e))) => {
+                e.log();
+                results[i].error = Some(e.public_message().to_owned());
+            }
+            Err(e) => tracing::error!(error = %e, "bulk delete task failed"),
+        }
+    }
+    for r in &mut results {
+        if !r.ok && r.error.is_none() {
+            r.error = Some(super::error::INTERNAL_MESSAGE.to_owned());
+        }
+    }
+    results
+}

@@ -1,0 +1,239 @@
+//! Tar bodies in both directions, never buffered whole.
+//!
+//! - Upload: a task forwards the request body through a bounded channel to
+//!   the store's blocking [`TarReader`], which the store reads on tokio's
+//!   blocking pool.
+//! - Every request body is wrapped in [`DrainOnDrop`]: a handler that answers
+//!   without reading the whole body (bad parent, hostile tar, JSON over the
+//!   limit) leaves the rest to be read and discarded, up to [`DRAIN_LIMIT`],
+//!   so the client can finish sending and read the error. Without it the
+//!   connection is closed with unread data and the client sees a reset
+//!   instead of the answer.
+//! - Download: a blocking thread reads the store's [`TarReader`] and sends
+//!   chunks through a bounded channel into the response body. A read error is
+//!   sent as a body error, which makes hyper abort the response (no final
+//!   chunk), so a client never mistakes a failed export for a short tar.
+
+use std::io::{self, Read};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use graphdriver::TarReader;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use tokio::sync::mpsc;
+
+/// Bytes read per chunk of a streamed tar.
+const CHUNK: usize = 64 * 1024;
+/// Chunks buffered between the reading thread and the connection.
+const CHANNEL_DEPTH: usize = 8;
+
+/// Bytes of a request body still read and discarded after the handler gave
+/// up on it.
+pub const DRAIN_LIMIT: u64 = 256 << 20;
+
+/// The request body as a blocking reader. Must be created inside the runtime
+/// and read outside of it (on the blocking pool), as the store does.
+pub fn body_reader(body: Body) -> TarReader {
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
+    tokio::spawn(async move {
+        let mut stream = body.into_data_stream();
+        while let Some(item) = stream.next().await {
+            if tx.send(item.map_err(io::Error::other)).await.is_err() {
+                // The store stopped reading; dropping the body drains it.
+                return;
+            }
+        }
+    });
+    Box::new(ChannelReader { rx, chunk: Bytes::new(), done: false })
+}
+
+/// The reading end of [`body_reader`].
+struct ChannelReader {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    chunk: Bytes,
+    done: bool,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.chunk.is_empty() {
+            if self.done || buf.is_empty() {
+                return Ok(0);
+            }
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => self.chunk = chunk,
+                Some(Err(e)) => return Err(e),
+                None => self.done = true,
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Middleware: wrap the request body in [`DrainOnDrop`].
+pub async fn drain_unread_bodies(req: Request) -> Request {
+    req.map(|body| Body::new(DrainOnDrop { inner: Some(body), finished: false }))
+}
+
+/// A request body that, dropped before its end, is read to its end (at most
+/// [`DRAIN_LIMIT`] more bytes) by a background task.
+pub struct DrainOnDrop {
+    inner: Option<Body>,
+    finished: bool,
+}
+
+impl HttpBody for DrainOnDrop {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            self.finished = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(HttpBody::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.as_ref().map(HttpBody::size_hint).unwrap_or_default()
+    }
+}
+
+impl Drop for DrainOnDrop {
+    fn drop(&mut self) {
+        let Some(body) = self.inner.take() else { return };
+        if self.finished || body.is_end_stream() {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let mut stream = body.into_data_stream();
+                let mut drained = 0u64;
+                while let Some(Ok(chunk)) = stream.next().await {
+                    drained += chunk.len() as u64;
+                    if drained > DRAIN_LIMIT {
+                        tracing::debug!("stopped draining an abandoned request body");
+                        return;
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// A `200 application/x-tar` response streaming `reader`.
+pub fn tar_response(reader: TarReader) -> Response {
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
+    tokio::task::spawn_blocking(move || pump(reader, &tx));
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    ([(header::CONTENT_TYPE, "application/x-tar")], Body::from_stream(stream)).into_response()
+}
+
+/// Read `reader` to its end into `tx`; stops early when the receiver is gone
+/// (the client hung up). A read error is logged and forwarded.
+fn pump(mut reader: TarReader, tx: &mpsc::Sender<io::Result<Bytes>>) {
+    loop {
+        let mut buf = BytesMut::zeroed(CHUNK);
+        match reader.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                buf.truncate(n);
+                if tx.blocking_send(Ok(buf.freeze())).is_err() {
+                    tracing::debug!("client went away during a tar download");
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::error!(error = %e, "tar stream failed; aborting the response");
+                // The client only learns that the body broke off.
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// Yields `good` bytes, then fails.
+    struct Failing {
+        good: Vec<u8>,
+        pos: usize,
+    }
+
+    impl Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.pos == self.good.len() {
+                return Err(io::Error::other("checksum mismatch"));
+            }
+            let n = buf.len().min(self.good.len() - self.pos);
+            buf[..n].copy_from_slice(&self.good[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_whole_stream_arrives_intact() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let resp = tar_response(Box::new(io::Cursor::new(data.clone())));
+        let got = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(got.as_ref(), data.as_slice());
+    }
+
+    #[tokio::test]
+    async fn a_failing_stream_errors_the_body() {
+        let resp = tar_response(Box::new(Failing { good: vec![7; 100_000], pos: 0 }));
+        assert!(resp.into_body().collect().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_body_error_reaches_the_reader() {
+        let chunks: Vec<io::Result<Bytes>> = vec![Ok(Bytes::from_static(b"abc")), Err(io::Error::other("reset"))];
+        let mut reader = body_reader(Body::from_stream(futures_util::stream::iter(chunks)));
+        let got = tokio::task::spawn_blocking(move || {
+            let mut v = Vec::new();
+            reader.read_to_end(&mut v)
+        })
+        .await
+        .unwrap();
+        assert!(got.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_request_body_is_readable_from_a_blocking_thread() {
+        let chunks: Vec<io::Result<Bytes>> =
+            vec![Ok(Bytes::from_static(b"abc")), Ok(Bytes::new()), Ok(Bytes::from_static(b"defgh"))];
+        let body = Body::from_stream(futures_util::stream::iter(chunks));
+        let mut reader = body_reader(body);
+        let got = tokio::task::spawn_blocking(move || {
+            let mut small = [0u8; 2];
+            let n = reader.read(&mut small).unwrap();
+            let mut s = String::from_utf8(small[..n].to_vec()).unwrap();
+            reader.read_to_string(&mut s).map(|_| s)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(got, "abcdefgh");
+    }
+}

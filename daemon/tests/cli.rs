@@ -1,0 +1,766 @@
+//! End-to-end tests: the real `layerd` on a temp root and socket, driven by
+//! the real `layerctl` and by raw HTTP for input the CLI would never send.
+
+// A test harness: its helpers panic on any unexpected failure by design.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const LAYERD: &str = env!("CARGO_BIN_EXE_layerd");
+const LAYERCTL: &str = env!("CARGO_BIN_EXE_layerctl");
+const UNKNOWN: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000001";
+
+/// A running daemon; killed (SIGTERM, then SIGKILL) when dropped, so a failing
+/// test never leaves one behind.
+struct Daemon {
+    child: Option<Child>,
+    root: PathBuf,
+    socket: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Daemon {
+    fn start() -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let socket = dir.path().join("run/layerd.sock");
+        let mut d = Daemon::start_at(&root, &socket);
+        d._dir = Some(dir);
+        d
+    }
+
+    fn start_at(root: &Path, socket: &Path) -> Daemon {
+        Daemon::start_with(root, socket, &[])
+    }
+
+    fn start_with(root: &Path, socket: &Path, extra: &[&str]) -> Daemon {
+        let child = spawn_layerd_with(root, socket, extra);
+        let mut d = Daemon { child: Some(child), root: root.to_owned(), socket: socket.to_owned(), _dir: None };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = try_request(&self.socket, "GET", "/v1/_ping", None, b"") {
+                assert_eq!(r.status, 200);
+                assert_eq!(r.body, b"OK");
+                return;
+            }
+            let child = self.child.as_mut().unwrap();
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+                panic!("layerd exited early ({status}): {err}");
+            }
+            assert!(Instant::now() < deadline, "layerd did not answer _ping in time");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn host(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// Run layerctl against this daemon.
+    fn ctl(&self, args: &[&str]) -> Output {
+        ctl_with(&self.host(), args, None)
+    }
+
+    /// Run layerctl, expect success, return stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(out.status.success(), "layerctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Run layerctl, expect exit code `code`, return stderr.
+    fn fails(&self, code: i32, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(code), "layerctl {args:?}: {err}");
+        err
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+
+    fn request(&self, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> Reply {
+        try_request(&self.socket, method, path, content_type, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// Expect a JSON error with `status`; returns the message.
+    fn rejects(&self, status: u16, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> String {
+        let r = self.request(method, path, content_type, body);
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        assert_eq!(r.status, status, "{method} {path}: {text}");
+        let v: Value =
+            serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"));
+        let msg = v["message"].as_str().unwrap_or_else(|| panic!("{method} {path}: no message: {text}"));
+        assert!(!msg.is_empty());
+        msg.to_owned()
+    }
+
+    /// SIGTERM and wait for the exit.
+    fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        signal(&child, "TERM");
+        wait_timeout(&mut child, Duration::from_secs(30)).expect("layerd did not stop on SIGTERM")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, "TERM");
+            if wait_timeout(&mut child, Duration::from_secs(10)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+fn spawn_layerd(root: &Path, socket: &Path) -> Child {
+    spawn_layerd_with(root, socket, &[])
+}
+
+fn spawn_layerd_with(root: &Path, socket: &Path, extra: &[&str]) -> Child {
+    Command::new(LAYERD)
+        .args(["--root", root.to_str().unwrap(), "--socket", socket.to_str().unwrap(), "--driver", "vfs"])
+        .args(["--log-level", "warn"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &Child, sig: &str) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status();
+}
+
+fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ctl_with(host: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(LAYERCTL)
+        .arg("--host")
+        .arg(host)
+        .args(args)
+        .env_remove("LAYERD_HOST")
+        .env_remove("LAYERD_TOKEN")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(data) = stdin {
+        let mut w = child.stdin.take().unwrap();
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            let _ = w.write_all(&data);
+        });
+    }
+    child.wait_with_output().unwrap()
+}
+
+struct Reply {
+    status: u16,
+    body: Vec<u8>,
+}
+
+/// One HTTP/1.1 request with `Connection: close`. The body is written from a
+/// thread so a server that answers before reading all of it is fine.
+fn try_request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> std::io::Result<Reply> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: layerd\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    if let Some(ct) = content_type {
+        head.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut writer = stream.try_clone()?;
+    let mut payload = head.into_bytes();
+    payload.extend_from_slice(body);
+    let sender = std::thread::spawn(move || {
+        let _ = writer.write_all(&payload);
+    });
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let _ = sender.join();
+    parse_reply(&raw)
+}
+
+fn parse_reply(raw: &[u8]) -> std::io::Result<Reply> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no header end"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("no status"))?;
+    let mut body = raw[split + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        body = dechunk(&body).ok_or_else(|| bad("bad or truncated chunked body"))?;
+    }
+    Ok(Reply { status, body })
+}
+
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).ok()?.trim(), 16).ok()?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(data.get(..size)?);
+        data = data.get(size + 2..)?;
+    }
+}
+
+/// A tar with the given regular files (path, content).
+fn make_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, content) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(path).unwrap();
+        h.set_size(content.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        b.append(&h, *content).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    layer::Digest::of(bytes).to_string()
+}
+
+fn chain_of(parent: &str, diff: &str) -> String {
+    let parent = layer::ChainId::parse(parent).unwrap();
+    let diff = layer::DiffId::parse(diff).unwrap();
+    layer::ChainId::of(Some(&parent), &diff).to_string()
+}
+
+fn write_file(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, data).unwrap();
+    p
+}
+
+fn chain_ids(ls: &Value) -> Vec<String> {
+    let mut v: Vec<String> =
+        ls.as_array().unwrap().iter().map(|l| l["chain_id"].as_str().unwrap().to_owned()).collect();
+    v.sort();
+    v
+}
+
+fn big_content(len: usize) -> Vec<u8> {
+    let mut x: u32 = 0x1234_5678;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x & 0xff) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn layers_import_export_and_release() {
+    let d = Daemon::start();
+    let work = tempfile::tempdir().unwrap();
+    assert_eq!(d.json(&["layer", "ls", "--format", "json"]), json!([]));
+    assert_eq!(d.ok(&["layer", "ls"]).lines().count(), 1, "only the header");
+
+    // Base layer, big enough to need several reads on both sides and more
+    // than the JSON body limit.
+    let big = big_content(3 << 20);
+    let base_tar = make_tar(&[("etc/hostname", b"box\n"), ("big.bin", &big)]);
+    let base_file = write_file(work.path(), "base.tar", &base_tar);
+    let base = d.ok(&["layer", "import", base_file.to_str().unwrap()]).trim().to_owned();
+    assert_eq!(base, sha256(&base_tar), "a base layer's ChainID is its DiffID");
+
+    let ls = d.json(&["layer", "ls", "--format", "json"]);
+    assert_eq!(chain_ids(&ls), vec![base.clone()]);
+    let table = d.ok(&["layer", "ls"]);
+    assert!(table.starts_with("CHAIN ID"), "{table}");
+    assert!(table.contains(&base[..19]), "short id in {table}");
+
+    let info = d.json(&["layer", "inspect", &base]);
+    assert_eq!(info["chain_id"], json!(base));
+    assert_eq!(info["diff_id"], json!(base));
+    assert_eq!(info["references"], json!(1));
+    assert!(info.get("parent").is_none());
+
+    // Export: byte-identical, to a file and to stdout.
+    let out = work.path().join("out.tar");
+    d.ok(&["layer", "export", &base, "-o", out.to_str().unwrap()]);
+    assert!(std::fs::read(&out).unwrap() == base_tar, "export -o differs from the import");
+    let stdout = d.ctl(&["layer", "export", &base]);
+    assert!(stdout.status.success());
+    assert!(stdout.stdout == base_tar, "export to stdout differs from the import");
+
+    // A child through stdin, with its DiffID stated.
+    let child_tar = make_tar(&[("etc/hostname", b"child\n"), ("new.txt", b"new")]);
+    let child_diff = sha256(&child_tar);
+    let out =
+        ctl_with(&d.host(), &["layer", "import", "--parent", &base, "--diff-id", &child_diff, "-"], Some(&child_tar));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let child = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(child, chain_of(&base, &child_diff));
+    let info = d.json(&["layer", "inspect", &child]);
+    assert_eq!(info["parent"], json!(base));
+    assert_eq!(info["depth"], json!(2));
+    assert_eq!(d.json(&["layer", "inspect", &base])["children"], json!(1));
+
+    // A gzip of the same base is the same layer, one more reference.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&base_tar).unwrap();
+    let gz_file = write_file(work.path(), "base.tar.gz", &gz.finish().unwrap());
+    assert_eq!(d.ok(&["layer", "import", gz_file.to_str().unwrap()]).trim(), base);
+    assert_eq!(d.json(&["layer", "inspect", &base])["references"], json!(2));
+
+    // Releasing the base twice drops our references but keeps it: the child holds it.
+    let rm = d.ok(&["layer", "rm", &base]);
+    assert_eq!(rm.trim(), format!("Released: {base}"));
+    let rm = d.ok(&["layer", "rm", &base]);
+    assert!(!rm.contains("Deleted"), "{rm}");
+    assert_eq!(chain_ids(&d.json(&["layer", "ls", "--format", "json"])).len(), 2);
+    let err = d.fails(1, &["layer", "rm", &base]);
+    assert!(err.starts_with(&format!("layerctl: {base}: ")), "{err}");
+
+    // Releasing the child frees the whole chain.
+    let rm = d.ok(&["layer", "rm", &child]);
+    assert!(rm.contains(&format!("Deleted: {child}")), "{rm}");
+    assert!(rm.contains(&format!("Deleted: {base}")), "{rm}");
+    assert_eq!(d.json(&["layer", "ls", "--format", "json"]), json!([]));
+    let err = d.fails(1, &["layer", "inspect", &base]);
+    assert!(err.starts_with("layerctl: no such layer"), "{err}");
+}
+
+#[test]
+fn layer_rm_reports_each_name() {
+    let d = Daemon::start();
+    let work = tempfile::tempdir().unwrap();
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let f = write_file(work.path(), &format!("{i}.tar"), &make_tar(&[(&format!("f{i}"), b"x")]));
+        ids.push(d.ok(&["layer", "import", f.to_str().unwrap()]).trim().to_owned());
+    }
+    let mut args = vec!["layer", "rm"];
+    args.extend(ids.iter().map(String::as_str));
+    args.push(UNKNOWN);
+    args.push("garbage");
+    let out = d.ctl(&args);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    for id in &ids {
+        assert!(stdout.contains(&format!("Deleted: {id}")), "{stdout}");
+    }
+    assert!(stderr.contains(&format!("layerctl: {UNKNOWN}: no such layer")), "{stderr}");
+    assert!(stderr.contains("layerctl: garbage: invalid digest"), "{stderr}");
+    assert_eq!(d.json(&["layer", "ls", "--format", "json"]), json!([]));
+}
+
+#[test]
+fn rw_layers_lifecycle() {
+    let d = Daemon::start();
+    let work = tempfile::tempdir().unwrap();
+    let base_file = write_file(work.path(), "base.tar", &make_tar(&[("etc/hostname", b"box\n"), ("old.txt", b"old")]));
+    let base = d.ok(&["layer", "import", base_file.to_str().unwrap()]).trim().to_owned();
+
+    assert_eq!(d.ok(&["rw", "create", "web", "--parent", &base, "--init"]).trim(), "web");
+    let ls = d.json(&["rw", "ls", "--format", "json"]);
+    assert_eq!(ls.as_array().unwrap().len(), 1);
+    assert_eq!(ls[0]["name"], json!("web"));
+    assert_eq!(ls[0]["parent"], json!(base));
+    assert!(d.ok(&["rw", "ls"]).contains("web"));
+    let err = d.fails(1, &["rw", "create", "web"]);
+    assert!(err.contains("already in use"), "{err}");
+
+    let path = PathBuf::from(d.ok(&["rw", "mount", "web"]).trim());
+    assert!(path.is_absolute(), "{path:?}");
+    assert_eq!(std::fs::read(path.join("etc/hostname")).unwrap(), b"box\n");
+    std::fs::write(path.join("hello.txt"), b"hello").unwrap();
+    std::fs::write(path.join("etc/hostname"), b"web\n").unwrap();
+    std::fs::remove_file(path.join("old.txt")).unwrap();
+    let rw = d.json(&["rw", "inspect", "web"]);
+    assert_eq!(rw["mount_count"], json!(1));
+
+    let changes = d.ok(&["rw", "changes", "web"]);
+    let lines: Vec<&str> = changes.lines().collect();
+    for want in ["A /hello.txt", "C /etc/hostname", "D /old.txt"] {
+        assert!(lines.contains(&want), "{want} missing in {changes}");
+    }
+    let json_changes = d.json(&["rw", "changes", "web", "--format", "json"]);
+    assert!(json_changes.as_array().unwrap().iter().any(|c| c["path"] == json!("/hello.txt")));
+
+    let diff = work.path().join("diff.tar");
+    d.ok(&["rw", "diff", "web", "-o", diff.to_str().unwrap()]);
+    let mut names = Vec::new();
+    for e in tar::Archive::new(std::fs::File::open(&diff).unwrap()).entries().unwrap() {
+        names.push(e.unwrap().path().unwrap().to_string_lossy().into_owned());
+    }
+    assert!(names.iter().any(|n| n == "hello.txt"), "{names:?}");
+    assert!(names.iter().any(|n| n.ends_with(".wh.old.txt")), "{names:?}");
+
+    let committed = d.ok(&["rw", "commit", "web"]).trim().to_owned();
+    let info = d.json(&["layer", "inspect", &committed]);
+    assert_eq!(info["parent"], json!(base));
+    let exported = d.ctl(&["layer", "export", &committed]).stdout;
+    let mut names = Vec::new();
+    for e in tar::Archive::new(exported.as_slice()).entries().unwrap() {
+        names.push(e.unwrap().path().unwrap().to_string_lossy().into_owned());
+    }
+    assert!(names.iter().any(|n| n == "hello.txt"), "{names:?}");
+
+    d.ok(&["rw", "unmount", "web"]);
+    assert_eq!(d.json(&["rw", "inspect", "web"])["mount_count"], json!(0));
+    assert_eq!(d.ok(&["rw", "rm", "web"]).trim(), "web");
+    assert_eq!(d.json(&["rw", "ls", "--format", "json"]), json!([]));
+    let err = d.fails(1, &["rw", "mount", "web"]);
+    assert!(err.contains("no such rw layer"), "{err}");
+}
+
+#[test]
+fn rw_rm_removes_many_and_reports_each() {
+    let d = Daemon::start();
+    let names: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();
+    for n in &names {
+        d.ok(&["rw", "create", n]);
+    }
+    let mut args = vec!["rw", "rm"];
+    args.extend(names.iter().map(String::as_str));
+    args.extend(["missing", "bad!"]);
+    let out = d.ctl(&args);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), names.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(stderr.contains("layerctl: missing: no such rw layer"), "{stderr}");
+    assert!(stderr.contains("layerctl: bad!: invalid name"), "{stderr}");
+    assert_eq!(d.json(&["rw", "ls", "--format", "json"]), json!([]));
+
+    let r = d.request("POST", "/v1/rw/delete", Some("application/json"), br#"{"names":["nope","x/y"]}"#);
+    assert_eq!(r.status, 200);
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["results"][0]["name"], json!("nope"));
+    assert_eq!(v["results"][0]["ok"], json!(false));
+    assert!(v["results"][1]["error"].as_str().unwrap().contains("invalid name"));
+}
+
+#[test]
+fn bad_input_is_rejected_and_changes_nothing() {
+    let d = Daemon::start();
+    let work = tempfile::tempdir().unwrap();
+    let base_tar = make_tar(&[("a.txt", b"a")]);
+    let base_file = write_file(work.path(), "base.tar", &base_tar);
+    let base = d.ok(&["layer", "import", base_file.to_str().unwrap()]).trim().to_owned();
+    d.ok(&["rw", "create", "keep", "--parent", &base]);
+    let layers_before = d.json(&["layer", "ls", "--format", "json"]);
+    let rw_before = d.json(&["rw", "ls", "--format", "json"]);
+
+    // Malformed digests and names in paths.
+    for path in ["/v1/layers/nothex", "/v1/layers/sha256:abc", "/v1/layers/md5:00/tar", "/v1/layers/SHA256:x/tar"] {
+        let msg = d.rejects(400, "GET", path, None, b"");
+        assert!(msg.contains("invalid digest"), "{path}: {msg}");
+    }
+    d.rejects(400, "DELETE", "/v1/layers/nothex", None, b"");
+    d.rejects(404, "GET", &format!("/v1/layers/{UNKNOWN}"), None, b"");
+    d.rejects(404, "GET", &format!("/v1/layers/{UNKNOWN}/tar"), None, b"");
+    d.rejects(404, "DELETE", &format!("/v1/layers/{UNKNOWN}"), None, b"");
+    for (method, suffix) in [
+        ("GET", ""),
+        ("DELETE", ""),
+        ("POST", "/mount"),
+        ("POST", "/unmount"),
+        ("GET", "/changes"),
+        ("GET", "/tar"),
+        ("POST", "/commit"),
+    ] {
+        let msg = d.rejects(400, method, &format!("/v1/rw/-bad{suffix}"), None, b"");
+        assert!(msg.contains("invalid name"), "{msg}");
+        d.rejects(400, method, &format!("/v1/rw/a%20b{suffix}"), None, b"");
+        d.rejects(404, method, &format!("/v1/rw/nosuch{suffix}"), None, b"");
+    }
+    d.rejects(409, "POST", "/v1/rw/keep/unmount", None, b"");
+
+    // Registration: bad query values, unknown parent, hostile bodies.
+    let tar = make_tar(&[("b.txt", b"b")]);
+    let msg = d.rejects(400, "POST", "/v1/layers?parent=nothex", Some("application/x-tar"), &tar);
+    assert!(msg.starts_with("parent: invalid digest"), "{msg}");
+    d.rejects(400, "POST", "/v1/layers?diff_id=sha256:12", Some("application/x-tar"), &tar);
+    let msg = d.rejects(400, "POST", &format!("/v1/layers?parent={UNKNOWN}"), None, &tar);
+    assert!(msg.contains("parent"), "{msg}");
+    let msg = d.rejects(400, "POST", &format!("/v1/layers?diff_id={UNKNOWN}"), None, &tar);
+    assert!(msg.contains("diff_id") || msg.contains("does not match"), "{msg}");
+    d.rejects(400, "POST", "/v1/layers", None, b"this is not a tar archive, not even close, but long enough.");
+    d.rejects(400, "POST", "/v1/layers", None, &big_content(4096));
+    d.rejects(400, "POST", "/v1/layers", None, &tar[..700]);
+    let mut bad_sum = tar.clone();
+    bad_sum[148] ^= 0x01;
+    d.rejects(400, "POST", "/v1/layers", None, &bad_sum);
+    let hostile = {
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..9].copy_from_slice(b"../escape");
+        h.set_size(1);
+        h.set_mode(0o644);
+        h.set_cksum();
+        let mut b = tar::Builder::new(Vec::new());
+        b.append(&h, &b"x"[..]).unwrap();
+        b.into_inner().unwrap()
+    };
+    d.rejects(400, "POST", "/v1/layers", None, &hostile);
+    // The daemon answers before reading the whole upload; the client still
+    // gets the answer, not a broken pipe.
+    let big_file = write_file(work.path(), "big.tar", &make_tar(&[("big.bin", &big_content(8 << 20))]));
+    for file in [&base_file, &big_file] {
+        let err = d.fails(1, &["layer", "import", "--parent", UNKNOWN, file.to_str().unwrap()]);
+        assert!(err.starts_with("layerctl: ") && err.contains("parent"), "{err}");
+    }
+    let garbage_file = write_file(work.path(), "garbage.tar", &big_content(8 << 20));
+    let err = d.fails(1, &["layer", "import", garbage_file.to_str().unwrap()]);
+    assert!(err.starts_with("layerctl: "), "{err}");
+
+    // JSON bodies: malformed, wrong type, missing fields, too large, bad values.
+    let msg = d.rejects(400, "POST", "/v1/rw", Some("application/json"), b"{not json");
+    assert!(!msg.is_empty());
+    d.rejects(415, "POST", "/v1/rw", Some("text/plain"), br#"{"name":"x"}"#);
+    d.rejects(415, "POST", "/v1/rw", None, br#"{"name":"x"}"#);
+    d.rejects(422, "POST", "/v1/rw", Some("application/json"), br#"{"parent":null}"#);
+    let huge = format!(r#"{{"names":["{}"]}}"#, "a".repeat(2 << 20));
+    d.rejects(413, "POST", "/v1/rw/delete", Some("application/json"), huge.as_bytes());
+    d.rejects(400, "POST", "/v1/rw/delete", Some("application/json"), br#"{"names":["#);
+    d.rejects(422, "POST", "/v1/rw/delete", Some("application/json"), b"[1,2]");
+    let msg = d.rejects(400, "POST", "/v1/rw", Some("application/json"), br#"{"name":"../x"}"#);
+    assert!(msg.contains("invalid name"), "{msg}");
+    d.rejects(400, "POST", "/v1/rw", Some("application/json"), br#"{"name":"x","parent":"nothex"}"#);
+    let r = d.request(
+        "POST",
+        "/v1/rw",
+        Some("application/json"),
+        format!(r#"{{"name":"x","parent":"{UNKNOWN}"}}"#).as_bytes(),
+    );
+    assert!(matches!(r.status, 400 | 404), "{}", r.status);
+    d.rejects(409, "POST", "/v1/rw", Some("application/json"), br#"{"name":"keep"}"#);
+
+    // Unknown routes and methods.
+    d.rejects(404, "GET", "/v1/nothing", None, b"");
+    d.rejects(404, "GET", "/v2/layers", None, b"");
+    d.rejects(405, "PUT", "/v1/layers", None, b"");
+    d.rejects(405, "GET", "/v1/rw/delete", None, b"");
+
+    // CLI errors: server errors exit 1, usage 2, unreachable 3.
+    let err = d.fails(1, &["layer", "inspect", "nothex"]);
+    assert!(err.starts_with("layerctl: invalid digest"), "{err}");
+    d.fails(2, &["layer", "frobnicate"]);
+    d.fails(2, &["rw", "mount"]);
+    let out = ctl_with("unix:///nonexistent/layerd.sock", &["layer", "ls"], None);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/layerd.sock"));
+    let out = ctl_with("tcp://127.0.0.1:1", &["layer", "ls"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs a token"));
+
+    assert_eq!(d.json(&["layer", "ls", "--format", "json"]), layers_before);
+    assert_eq!(d.json(&["rw", "ls", "--format", "json"]), rw_before);
+}
+
+#[test]
+fn a_failed_export_is_an_error_and_leaves_no_file() {
+    let d = Daemon::start();
+    let work = tempfile::tempdir().unwrap();
+    let big = big_content(2 << 20);
+    let f = write_file(work.path(), "l.tar", &make_tar(&[("big.bin", &big)]));
+    let chain = d.ok(&["layer", "import", f.to_str().unwrap()]).trim().to_owned();
+
+    // Damage the stored file behind the store's back (same size, new bytes).
+    let stored: Vec<PathBuf> =
+        walk(&d.root).into_iter().filter(|p| p.file_name().is_some_and(|n| n == "big.bin")).collect();
+    assert!(!stored.is_empty(), "big.bin not found under the root");
+    for p in &stored {
+        let mut data = std::fs::read(p).unwrap();
+        data[1 << 20] ^= 0xff;
+        std::fs::write(p, data).unwrap();
+    }
+
+    let out = work.path().join("out.tar");
+    let err = d.fails(1, &["layer", "export", &chain, "-o", out.to_str().unwrap()]);
+    assert!(err.starts_with("layerctl: "), "{err}");
+    assert!(!out.exists(), "a partial export was left behind");
+    let leftovers: Vec<_> = std::fs::read_dir(work.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    let stdout = d.ctl(&["layer", "export", &chain]);
+    assert_eq!(stdout.status.code(), Some(1));
+    // The raw response must not end like a complete chunked body.
+    let r = try_request(&d.socket, "GET", &format!("/v1/layers/{chain}/tar"), None, b"");
+    assert!(r.is_err() || r.is_ok_and(|r| r.status >= 500), "a damaged layer was served as a clean tar");
+    d.request("GET", "/v1/_ping", None, b"");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(p),
+                Ok(t) if t.is_file() => out.push(p),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_second_daemon_on_the_same_root_refuses() {
+    let d = Daemon::start();
+    let other_socket = d.socket.with_file_name("other.sock");
+    let mut second = spawn_layerd(&d.root, &other_socket);
+    let status = wait_timeout(&mut second, Duration::from_secs(30)).expect("second daemon kept running");
+    assert!(!status.success());
+    let mut err = String::new();
+    second.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(err.contains("layerd: "), "{err}");
+    assert!(err.to_lowercase().contains("lock"), "the store's reason is shown: {err}");
+    assert!(!other_socket.exists(), "the refused daemon bound a socket");
+
+    // Same socket, another root: refused too, and the live socket survives.
+    let other_root = d.root.with_file_name("root2");
+    let mut third = spawn_layerd(&other_root, &d.socket);
+    let status = wait_timeout(&mut third, Duration::from_secs(30)).expect("third daemon kept running");
+    assert!(!status.success());
+    let mut err = String::new();
+    third.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(err.contains("another daemon is listening"), "{err}");
+    assert_eq!(d.request("GET", "/v1/_ping", None, b"").status, 200);
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_state_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let socket = dir.path().join("layerd.sock");
+    let mut d = Daemon::start_at(&root, &socket);
+    let tar = make_tar(&[("x", b"y")]);
+    let f = write_file(dir.path(), "x.tar", &tar);
+    let chain = d.ok(&["layer", "import", f.to_str().unwrap()]).trim().to_owned();
+    let info = d.json(&["info", "--format", "json"]);
+    assert_eq!(info["driver"], json!("vfs"));
+    assert_eq!(info["layers"], json!(1));
+    assert!(d.ok(&["info"]).contains("Driver:"));
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o660);
+
+    let status = d.terminate();
+    assert!(status.success(), "exit status {status}");
+    assert!(!socket.exists(), "socket left behind");
+
+    // A stale socket file does not stop a restart; the layer and its reference survive.
+    std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let d = Daemon::start_at(&root, &socket);
+    let info = d.json(&["layer", "inspect", &chain]);
+    assert_eq!(info["references"], json!(1));
+    let r = d.request("GET", "/v1/info", None, b"");
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn unavailable_drivers_and_bad_flags_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(LAYERD)
+        .args(["--root", dir.path().to_str().unwrap(), "--socket", dir.path().join("s").to_str().unwrap()])
+        .args(["--driver", "overlay"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("driver overlay is not available yet"));
+    let out = Command::new(LAYERD).args(["--driver", "zfs"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown driver"));
+}
+
+#[test]
+fn tcp_needs_the_bearer_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = write_file(dir.path(), "token", b"s3cret-token\n");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("tcp://127.0.0.1:{port}");
+    let d = Daemon::start_with(
+        &dir.path().join("root"),
+        &dir.path().join("layerd.sock"),
+        &["--listen", &listen, "--token-file", token_file.to_str().unwrap()],
+    );
+
+    let raw = |auth: Option<&str>| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+        write!(s, "GET /v1/layers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\r\n").unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        parse_reply(&out).unwrap()
+    };
+    for auth in [None, Some("Bearer wrong"), Some("Basic s3cret-token"), Some("Bearer s3cret-token2")] {
+        let r = raw(auth);
+        assert_eq!(r.status, 401, "{auth:?}");
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["message"], json!("missing or invalid bearer token"));
+    }
+    assert_eq!(raw(Some("Bearer s3cret-token")).status, 200);
+
+    let tar = make_tar(&[("t", b"cp")]);
+    let f = write_file(dir.path(), "t.tar", &tar);
+    let args = ["--token-file", token_file.to_str().unwrap(), "layer", "import", f.to_str().unwrap()];
+    let out = ctl_with(&listen, &args, None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), sha256(&tar));
+    // The unix socket needs no token and sees the same store.
+    assert_eq!(chain_ids(&d.json(&["layer", "ls", "--format", "json"])), vec![sha256(&tar)]);
+
+    let out =
+        Command::new(LAYERCTL).args(["--host", &listen, "layer", "ls"]).env("LAYERD_TOKEN", "wrong").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("layerctl: missing or invalid bearer token"));
+    let out = Command::new(LAYERCTL)
+        .args(["--host", &listen, "layer", "ls", "--format", "json"])
+        .env("LAYERD_TOKEN", "s3cret-token")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
