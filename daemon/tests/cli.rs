@@ -706,11 +706,11 @@ fn unavailable_drivers_and_bad_flags_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(LAYERD)
         .args(["--root", dir.path().to_str().unwrap(), "--socket", dir.path().join("s").to_str().unwrap()])
-        .args(["--driver", "overlay"])
+        .args(["--driver", "plugin:nosuch"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("driver overlay is not available yet"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("driver plugin:nosuch is not available yet"));
     let out = Command::new(LAYERD).args(["--driver", "zfs"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown driver"));

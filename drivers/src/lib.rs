@@ -3,5 +3,7 @@
 //! `mod.rs` (the Driver impl), `check.rs` (host support probe), `copy.rs`/
 //! `mount.rs`/`diff.rs` for the effects. [`registry::open`] picks one by name.
 
+pub mod btrfs;
 pub mod registry;
+pub mod testing;
 pub mod vfs;

@@ -115,8 +115,7 @@ pub trait Driver: Send + Sync + 'static {
     fn name(&self) -> &str;
 
     async fn create(&self, id: &CacheId, parent: Option<&CacheId>, opts: &CreateOpts) -> Result<()>;
-    async fn create_rw(&self, id: &CacheId, parent: Option<&CacheId>, opts: &CreateOpts)
-    -> Result<()>;
+    async fn create_rw(&self, id: &CacheId, parent: Option<&CacheId>, opts: &CreateOpts) -> Result<()>;
     async fn remove(&self, id: &CacheId) -> Result<()>;
     async fn get(&self, id: &CacheId, mount_label: &str) -> Result<PathBuf>;
     async fn put(&self, id: &CacheId) -> Result<()>;

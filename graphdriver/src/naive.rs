@@ -38,10 +38,7 @@ where
 }
 
 pub async fn changes<D: Driver + ?Sized>(d: &D, id: &CacheId, parent: Option<&CacheId>) -> Result<Vec<Change>> {
-    with_trees(d, id, parent, |layer, parent| {
-        Ok(archive::changes_dirs(&layer, parent.as_deref())?)
-    })
-    .await
+    with_trees(d, id, parent, |layer, parent| Ok(archive::changes_dirs(&layer, parent.as_deref())?)).await
 }
 
 pub async fn diff_size<D: Driver + ?Sized>(d: &D, id: &CacheId, parent: Option<&CacheId>) -> Result<u64> {

@@ -261,7 +261,11 @@ async fn bench_duplicate_registrations(b: &mut Bench) {
     let store = b.store(true).await;
     let (twenty_coarse, _) = timed_registrations(&store, &tar, 20, false).await;
     println!("  one registration                      {:>8.3} s", secs(one));
-    println!("  20 concurrent, diff_id stated         {:>8.3} s  ratio {:.2}x of one", secs(twenty), secs(twenty) / secs(one));
+    println!(
+        "  20 concurrent, diff_id stated         {:>8.3} s  ratio {:.2}x of one",
+        secs(twenty),
+        secs(twenty) / secs(one)
+    );
     println!(
         "  20 concurrent, no diff_id (20 unpacks) {:>8.3} s  ratio {:.2}x of one",
         secs(twenty_blind),
@@ -307,14 +311,26 @@ async fn bench_throughput(b: &mut Bench) {
     let t = Instant::now();
     let mut r = store.tar_stream(&chain).await.expect("tar stream");
     // Read in 256 KiB chunks, as the daemon's streaming does.
-    let n = tokio::task::spawn_blocking(move || std::io::copy(&mut std::io::BufReader::with_capacity(256 * 1024, &mut r), &mut std::io::sink()))
-        .await
-        .expect("join")
-        .expect("export");
+    let n = tokio::task::spawn_blocking(move || {
+        std::io::copy(&mut std::io::BufReader::with_capacity(256 * 1024, &mut r), &mut std::io::sink())
+    })
+    .await
+    .expect("join")
+    .expect("export");
     let exp = t.elapsed();
     assert_eq!(n as usize, tar.len(), "export must give back every byte");
-    println!("  tar -x {:>7.3} s   register {:>7.3} s   register throughput {:.2}x of tar -x", secs(tar_x), secs(reg), secs(tar_x) / secs(reg));
-    println!("  tar -c {:>7.3} s   export   {:>7.3} s   export throughput   {:.2}x of tar -c", secs(tar_c), secs(exp), secs(tar_c) / secs(exp));
+    println!(
+        "  tar -x {:>7.3} s   register {:>7.3} s   register throughput {:.2}x of tar -x",
+        secs(tar_x),
+        secs(reg),
+        secs(tar_x) / secs(reg)
+    );
+    println!(
+        "  tar -c {:>7.3} s   export   {:>7.3} s   export throughput   {:.2}x of tar -c",
+        secs(tar_c),
+        secs(exp),
+        secs(tar_c) / secs(exp)
+    );
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -324,7 +340,11 @@ async fn main() {
     }
     let base = std::env::var_os("LAYERD_BENCH_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
     let dir = tempfile::Builder::new().prefix("layerd-bench").tempdir_in(base).expect("tempdir");
-    println!("# layerd concurrency benchmark (vfs driver, {} cores, scale {})", std::thread::available_parallelism().map_or(0, |n| n.get()), scale());
+    println!(
+        "# layerd concurrency benchmark (vfs driver, {} cores, scale {})",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        scale()
+    );
     let mut b = Bench { dir, n: 0 };
     bench_removals(&mut b).await;
     bench_list_during_delete(&mut b).await;

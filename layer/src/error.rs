@@ -37,7 +37,9 @@ pub enum LayerStoreError {
     Driver(#[from] DriverError),
     #[error(transparent)]
     Io(#[from] IoError),
-    #[error("the store root is in use: {path} is locked by another process{holder}; is another layerd running on this root?")]
+    #[error(
+        "the store root is in use: {path} is locked by another process{holder}; is another layerd running on this root?"
+    )]
     Locked { path: std::path::PathBuf, holder: String },
     #[error("{0}")]
     Internal(String),

@@ -56,9 +56,7 @@ impl<K: Eq + Hash + Clone> KeyedLocks<K> {
         let wait = self.stats.wait_timer();
         let lock = {
             let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-            let slot = map
-                .entry(key.clone())
-                .or_insert_with(|| Slot { lock: Arc::new(AsyncMutex::new(())), users: 0 });
+            let slot = map.entry(key.clone()).or_insert_with(|| Slot { lock: Arc::new(AsyncMutex::new(())), users: 0 });
             slot.users += 1;
             slot.lock.clone()
         };

@@ -12,13 +12,14 @@
 //!   plus a map insert; deletion unpublishes and defers the rm to a trash dir.
 
 pub mod compress;
+pub mod digest;
+mod error;
 mod flight;
 mod keyed;
 pub mod lockstats;
 mod metadata;
-pub mod digest;
-mod error;
 pub mod name;
+mod rootlock;
 mod store;
 pub mod tarsplit;
 pub mod types;
@@ -26,7 +27,8 @@ pub mod types;
 pub use digest::{ChainId, DiffId, Digest};
 pub use error::{LayerStoreError, Result};
 pub use name::RwName;
-pub use store::{RwOpts, Store, StoreLockStats, StoreOptions};
+pub use rootlock::RootLock;
+pub use store::{InitFn, RwOpts, Store, StoreLockStats, StoreOptions};
 pub use types::{LayerInfo, RegisterOpts, RwInfo, StoreInfo};
 
 /// Docker's limit on a chain's length: 127 in some drivers, minus an init and

@@ -267,13 +267,7 @@ mod tests {
     use crate::digest::Digest;
 
     fn rec(parent: Option<ChainId>) -> LayerRecord {
-        LayerRecord {
-            diff_id: DiffId(Digest::of(b"x")),
-            size: 42,
-            cache_id: CacheId::random(),
-            parent,
-            refs: Some(3),
-        }
+        LayerRecord { diff_id: DiffId(Digest::of(b"x")), size: 42, cache_id: CacheId::random(), parent, refs: Some(3) }
     }
 
     #[test]

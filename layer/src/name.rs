@@ -56,10 +56,9 @@ mod tests {
 
     #[test]
     fn rejects_hostile_names() {
-        for bad in [
-            "", ".", "..", "-x", "_x", ".hidden", "a/b", "../x", "a b", "a\0b", "ä", &"a".repeat(129),
-            "a\n", "x:y",
-        ] {
+        for bad in
+            ["", ".", "..", "-x", "_x", ".hidden", "a/b", "../x", "a b", "a\0b", "ä", &"a".repeat(129), "a\n", "x:y"]
+        {
             assert!(RwName::parse(bad).is_err(), "{bad:?}");
         }
     }

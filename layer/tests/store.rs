@@ -3,6 +3,8 @@
 //! layers, init layers, sizes, changes) and beyond (hostile input, crash
 //! leftovers, duplicate suppression, depth limit).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::io::{Cursor, Read, Write};
 use std::path::{Path, PathBuf};
@@ -371,10 +373,8 @@ async fn rw_names_are_reserved_and_failures_release_them() {
     let ghost = ChainId(Digest::of(b"ghost"));
     assert!(store.create_rw(&name, Some(&ghost), RwOpts::default()).await.is_err());
     // The failed creation must not keep the name.
-    let (a, b) = tokio::join!(
-        store.create_rw(&name, None, RwOpts::default()),
-        store.create_rw(&name, None, RwOpts::default())
-    );
+    let (a, b) =
+        tokio::join!(store.create_rw(&name, None, RwOpts::default()), store.create_rw(&name, None, RwOpts::default()));
     assert!(a.is_ok() ^ b.is_ok(), "exactly one creator of a name wins");
     let loser = a.err().or(b.err()).unwrap();
     assert_eq!(loser.kind(), ErrorKind::AlreadyExists);

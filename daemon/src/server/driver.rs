@@ -62,13 +62,17 @@ fn valid_plugin_name(name: &str) -> bool {
 /// Construct the driver, its home being `<root>/<driver name>`.
 pub fn open(spec: &DriverSpec, root: &Path) -> anyhow::Result<Arc<dyn Driver>> {
     match spec {
-        DriverSpec::Vfs => {
-            let home = root.join(spec.name());
-            let vfs =
-                drivers::vfs::Vfs::new(&home).with_context(|| format!("start the vfs driver in {}", home.display()))?;
-            Ok(Arc::new(vfs))
+        DriverSpec::Plugin(_) => {
+            bail!("driver {spec} is not available yet (built in: {})", drivers::registry::BUILTIN.join(", "))
         }
-        other => bail!("driver {other} is not available yet (available: vfs)"),
+        builtin => {
+            let name = builtin.name();
+            if !drivers::registry::BUILTIN.contains(&name.as_str()) {
+                bail!("driver {name} is not available yet (built in: {})", drivers::registry::BUILTIN.join(", "));
+            }
+            drivers::registry::open(&name, root)
+                .with_context(|| format!("start the {name} driver in {}", root.join(&name).display()))
+        }
     }
 }
 
@@ -97,7 +101,7 @@ mod tests {
     #[test]
     fn unavailable_drivers_say_so() {
         let dir = std::path::Path::new("/nonexistent");
-        for spec in [DriverSpec::Overlay, DriverSpec::Btrfs, DriverSpec::Plugin("p".into())] {
+        for spec in [DriverSpec::Plugin("p".into())] {
             let msg = open(&spec, dir).err().unwrap().to_string();
             assert!(msg.contains("is not available yet"), "{msg}");
         }

@@ -10,7 +10,6 @@ pub mod driver;
 pub mod error;
 pub mod extract;
 pub mod layers;
-pub mod lock;
 pub mod routes;
 pub mod rw;
 pub mod socket;
@@ -81,10 +80,11 @@ pub fn main() -> ExitCode {
 /// Open the store, serve until SIGTERM/SIGINT, shut down cleanly.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let token = config.token_file.as_deref().map(tcp::read_token).transpose()?;
-    let probe = lock::probe_root(&config.root)?;
+    // Lock the root before the driver exists: its constructor cleans crash
+    // leftovers in its home, which must never happen under a live daemon.
+    let lock = layer::RootLock::acquire(&config.root)?;
     let driver = driver::open(&config.driver, &config.root)?;
-    drop(probe);
-    let store = Store::open(&config.root, driver)
+    let store = Store::open_locked(lock, driver, layer::StoreOptions::default())
         .await
         .with_context(|| format!("open the layer store in {}", config.root.display()))?;
     let listeners = bind_all(&config).await;

@@ -50,7 +50,10 @@ impl Counts {
 
 #[derive(Debug)]
 enum Slot {
-    Live { meta: Arc<LayerMeta>, counts: Counts },
+    Live {
+        meta: Arc<LayerMeta>,
+        counts: Counts,
+    },
     /// Freed: unpublished for readers, waiting for its metadata to move to
     /// the trash under the layer's key lock.
     Removing(Arc<LayerMeta>),
@@ -179,11 +182,11 @@ impl Graph {
             }
             let meta = meta.clone();
             self.slots.insert(chain, Slot::Removing(meta.clone()));
-            if let Some(parent) = meta.parent_chain() {
-                if let Some((_, pc)) = self.live_mut(parent) {
-                    pc.children = pc.children.saturating_sub(1);
-                    cur = Some(parent.clone());
-                }
+            if let Some(parent) = meta.parent_chain()
+                && let Some((_, pc)) = self.live_mut(parent)
+            {
+                pc.children = pc.children.saturating_sub(1);
+                cur = Some(parent.clone());
             }
             freed.push(meta);
         }
@@ -211,8 +214,7 @@ impl Graph {
 
     /// Add a reference to a live layer; returns the new `refs`.
     pub fn retain(&mut self, chain: &ChainId) -> Result<(Arc<LayerMeta>, u64)> {
-        let (meta, counts) =
-            self.live_mut(chain).ok_or_else(|| LayerStoreError::LayerNotFound(chain.to_string()))?;
+        let (meta, counts) = self.live_mut(chain).ok_or_else(|| LayerStoreError::LayerNotFound(chain.to_string()))?;
         counts.refs += 1;
         Ok((meta.clone(), counts.refs))
     }
@@ -234,7 +236,8 @@ impl Graph {
         let zero: Vec<ChainId> = self
             .slots
             .iter()
-            .filter_map(|(k, s)| matches!(s, Slot::Live { counts, .. } if counts.is_zero()).then(|| k.clone()))
+            .filter(|&(_k, s)| matches!(s, Slot::Live { counts, .. } if counts.is_zero()))
+            .map(|(k, _s)| k.clone())
             .collect();
         zero.into_iter().flat_map(|c| self.cascade(c)).collect()
     }

@@ -33,6 +33,9 @@ use crate::types::{LayerInfo, RegisterOpts, RwInfo, StoreInfo};
 use graph::{Counts, Graph, LayerMeta};
 use rw::MountSlot;
 
+/// Populates an init layer, given its mounted root (Docker's `InitFunc`).
+pub type InitFn = Box<dyn FnOnce(&Path) -> std::io::Result<()> + Send>;
+
 /// Options of [`Store::create_rw`].
 #[derive(Default)]
 pub struct RwOpts {
@@ -40,7 +43,7 @@ pub struct RwOpts {
     pub init: bool,
     /// Called with the init layer's mounted root to populate it (Docker's
     /// `InitFunc`). Without it an init layer is left empty.
-    pub init_fn: Option<Box<dyn FnOnce(&Path) -> std::io::Result<()> + Send>>,
+    pub init_fn: Option<InitFn>,
     pub mount_label: String,
 }
 
@@ -74,7 +77,7 @@ pub(crate) struct Inner {
     /// Benchmark baseline only: one global lock held across every operation,
     /// driver I/O included, with deletion done inline (moby's layerL).
     coarse: Option<Arc<tokio::sync::Mutex<()>>>,
-    _root_lock: std::fs::File,
+    _root_lock: crate::rootlock::RootLock,
 }
 
 /// How a store is opened.
@@ -98,9 +101,7 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T> + Send + 'static,
 {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| LayerStoreError::Internal(format!("blocking task failed: {e}")))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| LayerStoreError::Internal(format!("blocking task failed: {e}")))?
 }
 
 /// Run a store operation to completion on its own task, so a caller that goes
@@ -110,9 +111,7 @@ where
     T: Send + 'static,
     F: Future<Output = Result<T>> + Send + 'static,
 {
-    tokio::spawn(f)
-        .await
-        .map_err(|e| LayerStoreError::Internal(format!("store task failed: {e}")))?
+    tokio::spawn(f).await.map_err(|e| LayerStoreError::Internal(format!("store task failed: {e}")))?
 }
 
 fn layer_info(meta: &LayerMeta, c: Counts) -> LayerInfo {
@@ -162,7 +161,19 @@ impl Store {
     }
 
     pub async fn open_with(root: impl Into<PathBuf>, driver: Arc<dyn Driver>, opts: StoreOptions) -> Result<Store> {
-        let mut inner = open::open(root.into(), driver).await?;
+        let root = root.into();
+        let lock = blocking(move || crate::rootlock::RootLock::acquire(root)).await?;
+        Self::open_locked(lock, driver, opts).await
+    }
+
+    /// Open with a root lock taken beforehand — the way to construct the
+    /// driver safely: lock, then build the driver, then open.
+    pub async fn open_locked(
+        lock: crate::rootlock::RootLock,
+        driver: Arc<dyn Driver>,
+        opts: StoreOptions,
+    ) -> Result<Store> {
+        let mut inner = open::open(lock, driver).await?;
         if opts.coarse_baseline {
             inner.coarse = Some(Arc::new(tokio::sync::Mutex::new(())));
         }
@@ -296,8 +307,7 @@ impl Store {
             let g = self.inner.layers.lock();
             g.live().fold((0u64, 0u64), |(n, s), (m, _)| (n + 1, s + m.size))
         };
-        let rw_layers =
-            self.inner.mounts.lock().values().filter(|s| matches!(s, MountSlot::Ready(_))).count() as u64;
+        let rw_layers = self.inner.mounts.lock().values().filter(|s| matches!(s, MountSlot::Ready(_))).count() as u64;
         StoreInfo {
             root: self.inner.root.clone(),
             driver: self.inner.driver.name().to_string(),

@@ -5,12 +5,9 @@
 //! no map locks for long.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, TryLockError};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use graphdriver::{CacheId, Driver, IoContext};
+use graphdriver::{CacheId, Driver};
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
@@ -18,34 +15,13 @@ use super::graph::{Graph, LayerMeta};
 use super::rw::{MountSlot, RwEntry};
 use super::{Inner, StoreLockStats, blocking};
 use crate::digest::{ChainId, Digest};
-use crate::error::{LayerStoreError, Result};
+use crate::error::Result;
 use crate::flight::Flights;
 use crate::keyed::KeyedLocks;
 use crate::lockstats::{LockStats, MapLock};
 use crate::metadata::{LayerDb, LayerRecord, MountRecord};
 use crate::name::RwName;
-
-/// Take `<root>/layerd.lock` exclusively; say who holds it if we can't.
-fn lock_root(root: &Path) -> Result<File> {
-    fs::create_dir_all(root).ctx("create root", root)?;
-    let path = root.join("layerd.lock");
-    let mut f = File::options().read(true).write(true).create(true).truncate(false).open(&path).ctx("open", &path)?;
-    match f.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = f.read_to_string(&mut holder);
-            let holder = holder.trim();
-            let who = if holder.is_empty() { String::new() } else { format!(" (pid {holder})") };
-            return Err(LayerStoreError::Locked { path, holder: who });
-        }
-        Err(TryLockError::Error(e)) => return Err(graphdriver::IoError::new("lock", &path, e).into()),
-    }
-    f.set_len(0).ctx("truncate", &path)?;
-    f.seek(SeekFrom::Start(0)).ctx("seek", &path)?;
-    write!(f, "{}", std::process::id()).ctx("write", &path)?;
-    Ok(f)
-}
+use crate::rootlock::RootLock;
 
 /// What was on disk, validated.
 struct Loaded {
@@ -79,9 +55,7 @@ fn load(db: &LayerDb) -> Result<Loaded> {
     let mut mounts = Vec::new();
     for name in db.mount_names()? {
         let path = db.root().join("mounts").join(&name);
-        let rec = RwName::parse(&name)
-            .map_err(|e| e.to_string())
-            .and_then(|n| db.read_mount(&n).map(|r| (n, r)));
+        let rec = RwName::parse(&name).map_err(|e| e.to_string()).and_then(|n| db.read_mount(&n).map(|r| (n, r)));
         match rec {
             Ok(pair) => mounts.push(pair),
             Err(why) => {
@@ -95,7 +69,10 @@ fn load(db: &LayerDb) -> Result<Loaded> {
 
 /// Resolve parents; layers whose chain is broken or whose ChainID does not
 /// match their content are returned as invalid.
-fn link(records: Vec<(ChainId, LayerRecord)>) -> (HashMap<ChainId, (Arc<LayerMeta>, u64)>, Vec<ChainId>) {
+/// Valid layers with their persisted reference counts.
+type Linked = HashMap<ChainId, (Arc<LayerMeta>, u64)>;
+
+fn link(records: Vec<(ChainId, LayerRecord)>) -> (Linked, Vec<ChainId>) {
     let recs: HashMap<ChainId, LayerRecord> = records.into_iter().collect();
     let mut done: HashMap<ChainId, Option<Arc<LayerMeta>>> = HashMap::new();
     fn resolve(
@@ -150,9 +127,8 @@ fn link(records: Vec<(ChainId, LayerRecord)>) -> (HashMap<ChainId, (Arc<LayerMet
     (valid, invalid)
 }
 
-pub(super) async fn open(root: PathBuf, driver: Arc<dyn Driver>) -> Result<Inner> {
-    let r = root.clone();
-    let root_lock = blocking(move || lock_root(&r)).await?;
+pub(super) async fn open(root_lock: RootLock, driver: Arc<dyn Driver>) -> Result<Inner> {
+    let root = root_lock.root().to_path_buf();
     let db = LayerDb::new(root.join("image").join(driver.name()).join("layerdb"));
     let d = db.clone();
     let loaded = blocking(move || load(&d)).await?;
@@ -210,8 +186,10 @@ pub(super) async fn open(root: PathBuf, driver: Arc<dyn Driver>) -> Result<Inner
     let d = db.clone();
     blocking(move || d.reap().map(|_| ())).await?;
     info!(root = %root.display(), driver = driver.name(), layers = graph.len(), rw_layers = mounts.len(), "store open");
-    let stats: Vec<Arc<LockStats>> =
-        ["layers_map", "mounts_map", "chain_keys", "name_keys"].into_iter().map(|n| Arc::new(LockStats::new(n))).collect();
+    let stats: Vec<Arc<LockStats>> = ["layers_map", "mounts_map", "chain_keys", "name_keys"]
+        .into_iter()
+        .map(|n| Arc::new(LockStats::new(n)))
+        .collect();
     Ok(Inner {
         root,
         db,

@@ -55,10 +55,10 @@ impl Inner {
         opts: &RegisterOpts,
         parent: Option<&Arc<LayerMeta>>,
     ) -> Result<(LayerInfo, bool)> {
-        if let Some(p) = parent {
-            if p.depth >= crate::MAX_DEPTH {
-                return Err(LayerStoreError::MaxDepthExceeded { max: crate::MAX_DEPTH });
-            }
+        if let Some(p) = parent
+            && p.depth >= crate::MAX_DEPTH
+        {
+            return Err(LayerStoreError::MaxDepthExceeded { max: crate::MAX_DEPTH });
         }
         let parent_chain = parent.map(|p| &p.chain_id);
         let key = match (&opts.diff_id, &opts.blob_digest) {
@@ -71,10 +71,10 @@ impl Inner {
             if let FlightKey::Chain(chain) = &key {
                 // Already here: a new reference, no unpack (like a pull that
                 // finds the layer present).
-                if self.layers.lock().get(chain).is_some() {
-                    if let Ok(info) = self.retain(chain).await {
-                        return Ok((info, false));
-                    }
+                if self.layers.lock().get(chain).is_some()
+                    && let Ok(info) = self.retain(chain).await
+                {
+                    return Ok((info, false));
                 }
             }
             match self.flights.join(&key).await {
@@ -121,10 +121,10 @@ impl Inner {
     async fn discard(&self, cache_id: Option<CacheId>, tx: PathBuf) {
         let driver = self.driver.clone();
         self.defer(async move {
-            if let Some(id) = cache_id {
-                if let Err(e) = driver.remove(&id).await {
-                    warn!(cache_id = %id, error = %e, "removing staged driver layer failed");
-                }
+            if let Some(id) = cache_id
+                && let Err(e) = driver.remove(&id).await
+            {
+                warn!(cache_id = %id, error = %e, "removing staged driver layer failed");
             }
             let _ = blocking(move || remove_any(&tx)).await;
         })
@@ -144,10 +144,10 @@ impl Inner {
         self.driver.create(cache_id, parent_cache, &CreateOpts::default()).await?;
         let res = async {
             let (diff_id, size) = self.apply(cache_id, parent_cache, tar, tx).await?;
-            if let Some(stated) = &opts.diff_id {
-                if *stated != diff_id {
-                    return Err(LayerStoreError::DiffIdMismatch { stated: stated.to_string(), got: diff_id.to_string() });
-                }
+            if let Some(stated) = &opts.diff_id
+                && *stated != diff_id
+            {
+                return Err(LayerStoreError::DiffIdMismatch { stated: stated.to_string(), got: diff_id.to_string() });
             }
             let chain_id = ChainId::of(parent.map(|p| &p.chain_id), &diff_id);
             let meta = Arc::new(LayerMeta {
@@ -331,11 +331,11 @@ impl Read for Tee {
         let n = self.inner.read(buf)?;
         if n > 0 {
             self.hasher.update(&buf[..n]);
-            if let Some(sink) = &self.sink {
-                if sink.send(buf[..n].to_vec()).is_err() {
-                    self.recorder_stopped = true;
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "tar-split recorder stopped"));
-                }
+            if let Some(sink) = &self.sink
+                && sink.send(buf[..n].to_vec()).is_err()
+            {
+                self.recorder_stopped = true;
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "tar-split recorder stopped"));
             }
         }
         Ok(n)

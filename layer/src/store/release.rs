@@ -79,10 +79,10 @@ impl Inner {
             if let Err(e) = driver.remove(&meta.cache_id).await {
                 warn!(cache_id = %meta.cache_id, error = %e, "removing deleted layer's driver dir failed");
             }
-            if let Some(t) = trashed {
-                if let Err(e) = blocking(move || remove_any(&t)).await {
-                    warn!(error = %e, "emptying trash failed");
-                }
+            if let Some(t) = trashed
+                && let Err(e) = blocking(move || remove_any(&t)).await
+            {
+                warn!(error = %e, "emptying trash failed");
             }
         })
         .await;

@@ -137,10 +137,9 @@ impl Inner {
                 created.push(id.clone());
                 if let Some(f) = opts.init_fn {
                     let root = self.driver.get(&id, &opts.mount_label).await?;
-                    let res = blocking(move || {
-                        f(&root).map_err(|e| LayerStoreError::Internal(format!("init layer: {e}")))
-                    })
-                    .await;
+                    let res =
+                        blocking(move || f(&root).map_err(|e| LayerStoreError::Internal(format!("init layer: {e}"))))
+                            .await;
                     self.driver.put(&id).await?;
                     res?;
                 }

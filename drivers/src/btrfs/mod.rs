@@ -1,0 +1,659 @@
+//! The btrfs driver: one subvolume per layer.
+//!
+//! Layout (moby's, plus vfs's crash-safety dirs): `<home>/subvolumes/<id>`
+//! is each layer's subvolume, holding its whole tree. A layer without a
+//! parent is a new empty subvolume (`BTRFS_IOC_SUBVOL_CREATE`, root dir 0755
+//! root:root); a layer with a parent is a writable snapshot of the parent's
+//! subvolume (`BTRFS_IOC_SNAP_CREATE_V2`), so creating it costs O(1) whatever
+//! the parent's size, and the two share extents until either is written.
+//!
+//! A layer is built in `<home>/staging/` and appears at `subvolumes/<id>`
+//! by one `RENAME_NOREPLACE`; `remove` renames it into `<home>/trash/`
+//! before destroying it (nested subvolumes first), so a crash at any point
+//! leaves nothing that blocks re-creating an id. [`Btrfs::new`] destroys
+//! whatever staging/ and trash/ still hold. `<home>/tmp/` is the naive
+//! diff's scratch space.
+//!
+//! `get` mounts nothing: a subvolume is a directory of the mounted btrfs, so
+//! `get` returns its path and only counts, and `cleanup` has nothing to undo.
+//! Unlike moby we do not bind-mount the home onto itself: there are no
+//! mounts below it to give a propagation type to. Diffs are the naive
+//! defaults; the subvolume holds the full tree, so it is also the
+//! [`Driver::diff_getter`] directory (as with vfs). Quotas (`size`) are not
+//! implemented.
+//!
+//! The raw ioctls live in `ioctl.rs`, the only module of the workspace that
+//! may use `unsafe`.
+
+mod check;
+mod ioctl;
+mod subvol;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use graphdriver::{CacheId, Capabilities, CreateOpts, Driver, DriverError, IoContext, IoError, Result};
+use rustix::fs::RenameFlags;
+
+pub use check::{BTRFS_SUPER_MAGIC, HostInfo};
+pub use ioctl::FsInfo;
+
+const NAME: &str = "btrfs";
+
+/// The btrfs driver. See the module docs for the layout.
+#[derive(Debug)]
+pub struct Btrfs {
+    home: PathBuf,
+    /// `get` counts per layer. Never held across I/O.
+    refs: Mutex<HashMap<CacheId, u32>>,
+    info: HostInfo,
+}
+
+impl Btrfs {
+    /// Open (creating if needed) a btrfs store at `home`, which must be on
+    /// btrfs (else [`DriverError::Unsupported`], and nothing is created), and
+    /// destroy crash leftovers in `staging/` and `trash/`.
+    pub fn new(home: impl Into<PathBuf>) -> Result<Btrfs> {
+        let home = home.into();
+        check::check(&home)?;
+        for sub in ["", "subvolumes", "staging", "trash", "tmp"] {
+            let p = home.join(sub);
+            fs::DirBuilder::new().recursive(true).mode(0o700).create(&p).ctx("create", &p)?;
+        }
+        for sub in ["staging", "trash"] {
+            let p = home.join(sub);
+            for entry in fs::read_dir(&p).ctx("read dir", &p)? {
+                let leftover = entry.ctx("read dir", &p)?.path();
+                tracing::info!(driver = NAME, path = %leftover.display(), "destroying crash leftover");
+                // Leftovers have unique names and block nothing; one that
+                // cannot go now (a mount inside it?) is retried next start.
+                if let Err(e) = subvol::destroy_tree(&leftover) {
+                    tracing::warn!(driver = NAME, error = %e, "cannot destroy crash leftover; retried at next start");
+                }
+            }
+        }
+        let info = check::probe(&home);
+        Ok(Btrfs { home, refs: Mutex::new(HashMap::new()), info })
+    }
+
+    fn subvolume(&self, id: &CacheId) -> PathBuf {
+        self.home.join("subvolumes").join(id.as_str())
+    }
+
+    fn refs(&self) -> std::sync::MutexGuard<'_, HashMap<CacheId, u32>> {
+        self.refs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The layer's subvolume, or `NotFound`.
+    async fn existing(&self, id: &CacheId) -> Result<PathBuf> {
+        let dir = self.subvolume(id);
+        match tokio::fs::symlink_metadata(&dir).await {
+            Ok(md) if subvol::is_subvolume(&md) => Ok(dir),
+            Ok(_) => Err(DriverError::NotFound(id.to_string())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(DriverError::NotFound(id.to_string())),
+            Err(e) => Err(IoError::new("stat", dir, e).into()),
+        }
+    }
+
+    async fn create_layer(&self, id: &CacheId, parent: Option<&CacheId>, opts: &CreateOpts) -> Result<()> {
+        check_opts(opts)?;
+        let home = self.home.clone();
+        let (id, parent) = (id.clone(), parent.cloned());
+        tracing::debug!(driver = NAME, %id, parent = ?parent.as_ref().map(CacheId::as_str), "create");
+        blocking(move || create_blocking(&home, &id, parent.as_ref())).await
+    }
+}
+
+/// A name no other staging or trash entry has.
+fn unique(id: &CacheId) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{id}-{}-{}-{nanos:x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn check_opts(opts: &CreateOpts) -> Result<()> {
+    if let Some(key) = opts.storage_opt.keys().next() {
+        return Err(match key.as_str() {
+            "size" => DriverError::Unsupported {
+                driver: NAME.into(),
+                why: "the size option needs btrfs quota groups, which this driver does not implement".into(),
+            },
+            _ => DriverError::InvalidArgument(format!("unknown btrfs storage option {key:?}")),
+        });
+    }
+    Ok(())
+}
+
+fn create_blocking(home: &Path, id: &CacheId, parent: Option<&CacheId>) -> Result<()> {
+    let target = home.join("subvolumes").join(id.as_str());
+    if fs::symlink_metadata(&target).is_ok() {
+        return Err(DriverError::AlreadyExists(id.to_string()));
+    }
+    let src = match parent {
+        Some(p) => {
+            let src = home.join("subvolumes").join(p.as_str());
+            if !subvol::exists(&src)? {
+                return Err(DriverError::NotFound(p.to_string()));
+            }
+            Some(src)
+        }
+        None => None,
+    };
+    let stage = home.join("staging").join(unique(id));
+    let built = match &src {
+        Some(src) => subvol::snapshot(src, &stage),
+        None => subvol::create(&stage).and_then(|()| {
+            std::os::unix::fs::lchown(&stage, Some(0), Some(0))
+                .and_then(|()| rustix::fs::chmod(&stage, rustix::fs::Mode::from_raw_mode(0o755)).map_err(Into::into))
+                .ctx("set owner and mode of", &stage)
+        }),
+    };
+    let res = built.map_err(DriverError::from).and_then(|()| {
+        match rustix::fs::renameat_with(rustix::fs::CWD, &stage, rustix::fs::CWD, &target, RenameFlags::NOREPLACE) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::EXIST) | Err(rustix::io::Errno::NOTEMPTY) => {
+                Err(DriverError::AlreadyExists(id.to_string()))
+            }
+            Err(e) => Err(IoError::new("rename", &stage, e.into()).into()),
+        }
+    });
+    if res.is_err()
+        && let Err(e) = subvol::destroy_tree(&stage)
+    {
+        tracing::warn!(driver = NAME, error = %e, "cannot clean up a failed create; destroyed at next start");
+    }
+    res
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| DriverError::Other(format!("blocking task failed: {e}")))?
+}
+
+#[async_trait]
+impl Driver for Btrfs {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    async fn create(&self, id: &CacheId, parent: Option<&CacheId>, opts: &CreateOpts) -> Result<()> {
+        self.create_layer(id, parent, opts).await
+    }
+
+    async fn create_rw(&self, id: &CacheId, parent: Option<&CacheId>, opts: &CreateOpts) -> Result<()> {
+        self.create_layer(id, parent, opts).await
+    }
+
+    async fn remove(&self, id: &CacheId) -> Result<()> {
+        let dir = self.existing(id).await?;
+        let trash = self.home.join("trash").join(unique(id));
+        let (d, t) = (dir.clone(), trash.clone());
+        // Renaming a subvolume is allowed; it leaves `subvolumes/<id>` free at once.
+        blocking(move || match fs::rename(&d, &t) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(DriverError::NotFound(d.display().to_string())),
+            Err(e) => Err(IoError::new("rename", &d, e).into()),
+        })
+        .await
+        .map_err(|e| match e {
+            DriverError::NotFound(_) => DriverError::NotFound(id.to_string()),
+            e => e,
+        })?;
+        self.refs().remove(id);
+        tracing::debug!(driver = NAME, %id, "removed");
+        // The layer is gone from view; a failed destroy is retried at start.
+        if let Err(e) = blocking(move || subvol::destroy_tree(&trash).map_err(DriverError::from)).await {
+            tracing::warn!(driver = NAME, %id, error = %e, "cannot destroy removed layer; retried at next start");
+        }
+        Ok(())
+    }
+
+    async fn get(&self, id: &CacheId, _mount_label: &str) -> Result<PathBuf> {
+        let dir = self.existing(id).await?;
+        *self.refs().entry(id.clone()).or_insert(0) += 1;
+        Ok(dir)
+    }
+
+    async fn put(&self, id: &CacheId) -> Result<()> {
+        self.existing(id).await?;
+        let mut refs = self.refs();
+        if let Some(n) = refs.get_mut(id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                refs.remove(id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn exists(&self, id: &CacheId) -> bool {
+        self.existing(id).await.is_ok()
+    }
+
+    async fn status(&self) -> Vec<(String, String)> {
+        self.info.status()
+    }
+
+    async fn metadata(&self, id: &CacheId) -> Result<BTreeMap<String, String>> {
+        let dir = self.existing(id).await?;
+        let d = dir.clone();
+        let subvolume_id = blocking(move || Ok(subvol::id(&d)?)).await?;
+        let refs = self.refs().get(id).copied().unwrap_or(0);
+        Ok(BTreeMap::from([
+            ("dir".to_string(), dir.display().to_string()),
+            ("subvolume_id".to_string(), subvolume_id.to_string()),
+            ("refs".to_string(), refs.to_string()),
+        ]))
+    }
+
+    /// Nothing to undo: the driver never mounts anything (see the module docs).
+    async fn cleanup(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn ids(&self) -> Result<Vec<CacheId>> {
+        let dir = self.home.join("subvolumes");
+        blocking(move || {
+            let mut ids = Vec::new();
+            for entry in fs::read_dir(&dir).ctx("read dir", &dir)? {
+                let entry = entry.ctx("read dir", &dir)?;
+                let name = entry.file_name();
+                match name.to_str().map(CacheId::parse) {
+                    Some(Ok(id)) if subvol::exists(&entry.path())? => ids.push(id),
+                    _ => tracing::warn!(driver = NAME, name = ?name, "ignoring a stray entry in subvolumes/"),
+                }
+            }
+            ids.sort();
+            Ok(ids)
+        })
+        .await
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { native_diff: false, diff_getter: true }
+    }
+
+    async fn diff_getter(&self, id: &CacheId) -> Result<Option<PathBuf>> {
+        Ok(Some(self.existing(id).await?))
+    }
+
+    fn scratch_dir(&self) -> PathBuf {
+        self.home.join("tmp")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::process::Command;
+    use std::sync::Arc;
+
+    use graphdriver::archive::{changes_dirs, export_changes};
+    use graphdriver::{Change, ChangeKind, ErrorKind};
+
+    use super::*;
+    use crate::testing::BtrfsLoop;
+
+    /// A driver on a fresh loop-mounted btrfs. Fields drop in order: the
+    /// driver first, then the filesystem.
+    struct Fixture {
+        d: Btrfs,
+        lo: BtrfsLoop,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let lo = BtrfsLoop::new(128).expect("cannot make the btrfs loop harness (root, btrfs-progs, loop)");
+            let d = Btrfs::new(lo.path().join("btrfs")).unwrap();
+            Fixture { d, lo }
+        }
+
+        fn home(&self) -> &Path {
+            &self.d.home
+        }
+
+        /// Tear down, failing if a mount or loop device is left.
+        fn close(self) {
+            let Fixture { d, lo } = self;
+            drop(d);
+            lo.close().unwrap();
+        }
+    }
+
+    fn opts() -> CreateOpts {
+        CreateOpts::default()
+    }
+
+    fn count(dir: &Path) -> usize {
+        fs::read_dir(dir).unwrap().count()
+    }
+
+    /// Every live subvolume of the filesystem at `mnt`, by path, as
+    /// btrfs-progs sees it (an independent check on our ioctls).
+    fn live_subvolumes(mnt: &Path) -> Vec<String> {
+        let out = Command::new("btrfs").arg("subvolume").arg("list").arg(mnt).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut v: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(" path ").nth(1).map(str::to_string))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Path → type, mode, owner and content of everything below `root`.
+    fn dump(root: &Path) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for entry in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
+            let entry = entry.unwrap();
+            let rel = entry.path().strip_prefix(root).unwrap();
+            let md = entry.path().symlink_metadata().unwrap();
+            let mut d = format!("mode={:o} uid={} gid={}", md.mode(), md.uid(), md.gid());
+            if md.is_file() {
+                d += &format!(" data={:?}", fs::read(entry.path()).unwrap());
+            } else if md.is_symlink() {
+                d += &format!(" -> {:?}", fs::read_link(entry.path()).unwrap());
+            }
+            out.insert(String::from_utf8_lossy(rel.as_os_str().as_bytes()).into_owned(), d);
+        }
+        out
+    }
+
+    fn tree(root: &Path) {
+        fs::create_dir_all(root.join("etc/ssl")).unwrap();
+        fs::write(root.join("etc/passwd"), b"root:x:0:0").unwrap();
+        fs::write(root.join("etc/ssl/cert"), vec![7u8; 70_000]).unwrap();
+        fs::set_permissions(root.join("etc/ssl"), fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::lchown(root.join("etc/passwd"), Some(1000), Some(1001)).unwrap();
+        std::os::unix::fs::symlink("etc/passwd", root.join("link")).unwrap();
+    }
+
+    #[tokio::test]
+    async fn create_base_and_snapshot() {
+        let f = Fixture::new();
+        let d = &f.d;
+        let (base, child) = (CacheId::random(), CacheId::random());
+        assert_eq!(d.create(&child, Some(&base), &opts()).await.unwrap_err().kind(), ErrorKind::NotFound);
+        d.create(&base, None, &opts()).await.unwrap();
+        assert_eq!(d.create(&base, None, &opts()).await.unwrap_err().kind(), ErrorKind::AlreadyExists);
+        let pdir = d.get(&base, "").await.unwrap();
+        assert_eq!(pdir, f.home().join("subvolumes").join(base.as_str()));
+        let md = fs::symlink_metadata(&pdir).unwrap();
+        assert_eq!((md.mode() & 0o7777, md.uid(), md.gid(), md.ino()), (0o755, 0, 0, 256));
+        tree(&pdir);
+        d.put(&base).await.unwrap();
+        let before = dump(&pdir);
+
+        d.create_rw(&child, Some(&base), &opts()).await.unwrap();
+        let cdir = d.get(&child, "").await.unwrap();
+        assert_eq!(fs::symlink_metadata(&cdir).unwrap().ino(), 256, "the child is a subvolume");
+        assert_eq!(dump(&cdir), before, "the snapshot inherits the parent's files");
+        fs::write(cdir.join("etc/passwd"), b"changed").unwrap();
+        fs::write(cdir.join("new"), b"child only").unwrap();
+        fs::remove_file(cdir.join("etc/ssl/cert")).unwrap();
+        assert_eq!(dump(&pdir), before, "the parent changed through the child");
+        d.put(&child).await.unwrap();
+
+        let (mb, mc) = (d.metadata(&base).await.unwrap(), d.metadata(&child).await.unwrap());
+        assert_eq!(mb["dir"], pdir.display().to_string());
+        let (ib, ic): (u64, u64) = (mb["subvolume_id"].parse().unwrap(), mc["subvolume_id"].parse().unwrap());
+        assert!(ib >= 256 && ic >= 256 && ib != ic, "{ib} {ic}");
+        let mut want = vec![base.clone(), child.clone()];
+        want.sort();
+        assert_eq!(d.ids().await.unwrap(), want);
+        assert_eq!(count(&f.home().join("staging")), 0);
+        assert_eq!(
+            live_subvolumes(f.lo.path()),
+            vec![format!("btrfs/subvolumes/{base}"), format!("btrfs/subvolumes/{child}")]
+                .into_iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect::<Vec<_>>()
+        );
+        let status: BTreeMap<_, _> = d.status().await.into_iter().collect();
+        assert_eq!(status["Backing Filesystem"], "btrfs");
+        assert_eq!(status["Quota"], "off");
+        assert_eq!(status["Devices"], "1");
+        assert!(status.contains_key("Filesystem UUID") && status.contains_key("Kernel Version"), "{status:?}");
+        assert!(d.scratch_dir().is_dir());
+        assert!(d.capabilities().diff_getter && !d.capabilities().native_diff);
+        assert_eq!(d.diff_getter(&base).await.unwrap(), Some(pdir));
+        d.cleanup().await.unwrap();
+        f.close();
+    }
+
+    #[tokio::test]
+    async fn storage_options_are_checked() {
+        let f = Fixture::new();
+        let mut o = opts();
+        o.storage_opt.insert("size".into(), "10G".into());
+        assert_eq!(f.d.create(&CacheId::random(), None, &o).await.unwrap_err().kind(), ErrorKind::Unsupported);
+        let mut o = opts();
+        o.storage_opt.insert("bogus".into(), "1".into());
+        assert_eq!(f.d.create(&CacheId::random(), None, &o).await.unwrap_err().kind(), ErrorKind::InvalidArgument);
+        assert_eq!(f.d.ids().await.unwrap(), vec![]);
+        f.close();
+    }
+
+    #[tokio::test]
+    async fn remove_destroys_nested_subvolumes() {
+        let f = Fixture::new();
+        let d = &f.d;
+        let (id, child) = (CacheId::random(), CacheId::random());
+        d.create(&id, None, &opts()).await.unwrap();
+        let dir = d.get(&id, "").await.unwrap();
+        fs::create_dir_all(dir.join("var/lib")).unwrap();
+        subvol::create(&dir.join("var/lib/inner")).unwrap();
+        fs::write(dir.join("var/lib/inner/file"), b"x").unwrap();
+        subvol::create(&dir.join("var/lib/inner/deeper")).unwrap();
+        fs::create_dir(dir.join("var/lib/inner/deeper/d")).unwrap();
+        subvol::create(&dir.join("sibling")).unwrap();
+        d.put(&id).await.unwrap();
+        assert_eq!(live_subvolumes(f.lo.path()).len(), 4);
+        // A snapshot of it has empty placeholders where the nested ones were.
+        d.create(&child, Some(&id), &opts()).await.unwrap();
+        let cdir = d.get(&child, "").await.unwrap();
+        assert!(cdir.join("var/lib/inner").is_dir());
+        assert_eq!(count(&cdir.join("var/lib/inner")), 0);
+        d.put(&child).await.unwrap();
+
+        d.remove(&id).await.unwrap();
+        assert!(!d.exists(&id).await);
+        assert_eq!(live_subvolumes(f.lo.path()), vec![format!("btrfs/subvolumes/{child}")]);
+        assert_eq!(count(&f.home().join("trash")), 0);
+        // The snapshot is independent of the removed parent.
+        d.remove(&child).await.unwrap();
+        assert_eq!(live_subvolumes(f.lo.path()), Vec::<String>::new());
+        f.close();
+    }
+
+    #[tokio::test]
+    async fn remove_semantics() {
+        let f = Fixture::new();
+        let d = &f.d;
+        let id = CacheId::random();
+        assert_eq!(d.remove(&id).await.unwrap_err().kind(), ErrorKind::NotFound);
+        d.create(&id, None, &opts()).await.unwrap();
+        let p = d.get(&id, "").await.unwrap();
+        fs::write(p.join("f"), b"x").unwrap();
+        d.get(&id, "").await.unwrap();
+        // Removing a layer that is in use (got twice) still removes it.
+        d.remove(&id).await.unwrap();
+        assert!(!d.exists(&id).await);
+        assert!(!p.exists());
+        assert_eq!(d.remove(&id).await.unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(d.get(&id, "").await.unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(d.put(&id).await.unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(d.metadata(&id).await.unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(d.diff_getter(&id).await.unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(d.ids().await.unwrap(), vec![]);
+        // The id is free again, empty, with a fresh count.
+        d.create(&id, None, &opts()).await.unwrap();
+        assert_eq!(d.metadata(&id).await.unwrap()["refs"], "0");
+        assert_eq!(count(&d.get(&id, "").await.unwrap()), 0);
+        // A plain directory (not a subvolume) under subvolumes/ is not a layer.
+        let stray = CacheId::random();
+        fs::create_dir(f.home().join("subvolumes").join(stray.as_str())).unwrap();
+        assert!(!d.exists(&stray).await);
+        assert_eq!(d.ids().await.unwrap(), vec![id.clone()]);
+        f.close();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn get_put_counting() {
+        let f = Fixture::new();
+        let Fixture { d, lo } = f;
+        let d = Arc::new(d);
+        let id = CacheId::random();
+        d.create(&id, None, &opts()).await.unwrap();
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (d, id) = (d.clone(), id.clone());
+                tokio::spawn(async move { d.get(&id, "").await.unwrap() })
+            })
+            .collect();
+        let mut paths = Vec::new();
+        for t in tasks {
+            paths.push(t.await.unwrap());
+        }
+        assert!(paths.iter().all(|p| *p == paths[0]));
+        assert_eq!(d.metadata(&id).await.unwrap()["refs"], "16");
+        for _ in 0..15 {
+            d.put(&id).await.unwrap();
+        }
+        assert_eq!(d.metadata(&id).await.unwrap()["refs"], "1");
+        d.put(&id).await.unwrap();
+        d.put(&id).await.unwrap(); // extra put: no-op
+        assert_eq!(d.metadata(&id).await.unwrap()["refs"], "0");
+        // No mount: the path stays usable between get and put and after.
+        assert!(!crate::testing::mounted_at(&paths[0]));
+        assert_eq!(d.get(&CacheId::random(), "").await.unwrap_err().kind(), ErrorKind::NotFound);
+        drop(d);
+        lo.close().unwrap();
+    }
+
+    #[tokio::test]
+    async fn refuses_a_home_not_on_btrfs() {
+        let t = tempfile::tempdir().unwrap();
+        let magic = rustix::fs::statfs(t.path()).unwrap().f_type as i64;
+        assert_ne!(magic, BTRFS_SUPER_MAGIC, "the test needs a temp dir that is not on btrfs");
+        let home = t.path().join("root/btrfs");
+        let err = Btrfs::new(&home).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        match &err {
+            DriverError::Unsupported { driver, why } => {
+                assert_eq!(driver, "btrfs");
+                assert!(why.ends_with("not btrfs"), "{why}");
+                assert!(why.contains(&format!("(magic 0x{magic:x})")), "{why}");
+                assert!(why.contains(&t.path().display().to_string()), "{why}");
+                if magic == 0xEF53 {
+                    assert!(why.contains("is on ext4"), "{why}");
+                }
+            }
+            other => panic!("wrong error {other:?}"),
+        }
+        assert!(!t.path().join("root").exists(), "created dirs on the wrong filesystem");
+        let err = crate::registry::open("btrfs", &t.path().join("root")).map(|_| ()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        assert!(err.to_string().contains("not btrfs"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn registry_opens_btrfs() {
+        let lo = BtrfsLoop::new(128).unwrap();
+        assert!(crate::registry::BUILTIN.contains(&"btrfs"));
+        let d = crate::registry::open("btrfs", lo.path()).unwrap();
+        assert_eq!(d.name(), "btrfs");
+        let id = CacheId::random();
+        d.create(&id, None, &opts()).await.unwrap();
+        assert_eq!(d.get(&id, "").await.unwrap(), lo.path().join("btrfs/subvolumes").join(id.as_str()));
+        drop(d);
+        lo.close().unwrap();
+    }
+
+    #[tokio::test]
+    async fn new_destroys_crash_leftovers() {
+        let f = Fixture::new();
+        let home = f.home().to_path_buf();
+        let (gone, kept) = (CacheId::random(), CacheId::random());
+        f.d.create(&gone, None, &opts()).await.unwrap();
+        f.d.create(&kept, None, &opts()).await.unwrap();
+        let dir = f.d.get(&gone, "").await.unwrap();
+        subvol::create(&dir.join("nested")).unwrap();
+        fs::write(dir.join("nested/f"), b"x").unwrap();
+        // A crash right after remove's rename, before the destroy ...
+        fs::rename(&dir, home.join("trash").join(unique(&gone))).unwrap();
+        // ... one mid-create (a staged subvolume), and odd debris.
+        subvol::create(&home.join("staging").join(unique(&kept))).unwrap();
+        fs::create_dir_all(home.join("trash/plain/sub")).unwrap();
+        fs::write(home.join("trash/plain/sub/f"), b"x").unwrap();
+        fs::write(home.join("trash/stray-file"), b"x").unwrap();
+        assert_eq!(live_subvolumes(f.lo.path()).len(), 4);
+        // The id is already free: the crash left nothing in its way.
+        let Fixture { d, lo } = f;
+        drop(d);
+        let d = Btrfs::new(&home).unwrap();
+        assert_eq!(count(&home.join("trash")), 0);
+        assert_eq!(count(&home.join("staging")), 0);
+        assert_eq!(live_subvolumes(lo.path()), vec![format!("btrfs/subvolumes/{kept}")]);
+        assert_eq!(d.ids().await.unwrap(), vec![kept.clone()]);
+        assert!(!d.exists(&gone).await);
+        d.create(&gone, None, &opts()).await.unwrap();
+        assert!(d.exists(&gone).await);
+        drop(d);
+        lo.close().unwrap();
+    }
+
+    /// The naive diff defaults on top of btrfs: apply, changes, diff, size.
+    #[tokio::test]
+    async fn naive_diff_round_trip() {
+        let f = Fixture::new();
+        let d = &f.d;
+        let t = tempfile::tempdir().unwrap();
+        let (base, top) = (CacheId::random(), CacheId::random());
+        let src = t.path().join("src");
+        fs::create_dir(&src).unwrap();
+        fs::create_dir(src.join("etc")).unwrap();
+        fs::write(src.join("etc/passwd"), b"root:x:0:0").unwrap();
+        fs::write(src.join("etc/gone"), b"bye").unwrap();
+        let mut tar = Vec::new();
+        export_changes(&src, &changes_dirs(&src, None).unwrap(), &mut tar).unwrap();
+        d.create(&base, None, &opts()).await.unwrap();
+        assert_eq!(d.apply_diff(&base, None, Box::new(io::Cursor::new(tar))).await.unwrap(), 13);
+
+        d.create(&top, Some(&base), &opts()).await.unwrap();
+        let changes = vec![
+            Change { path: "/etc".into(), kind: ChangeKind::Modify },
+            Change { path: "/etc/gone".into(), kind: ChangeKind::Delete },
+            Change { path: "/etc/new".into(), kind: ChangeKind::Add },
+        ];
+        fs::write(src.join("etc/new"), b"hello").unwrap();
+        let mut upper = Vec::new();
+        export_changes(&src, &changes, &mut upper).unwrap();
+        assert_eq!(d.apply_diff(&top, Some(&base), Box::new(io::Cursor::new(upper))).await.unwrap(), 5);
+        assert_eq!(d.changes(&top, Some(&base)).await.unwrap(), changes);
+        assert_eq!(d.diff_size(&top, Some(&base)).await.unwrap(), 5);
+        // The parent is untouched by the child's whiteout.
+        assert!(f.home().join("subvolumes").join(base.as_str()).join("etc/gone").exists());
+
+        // diff(top, base) applied onto a fresh snapshot of base gives top.
+        let mut diff = Vec::new();
+        io::Read::read_to_end(&mut d.diff(&top, Some(&base)).await.unwrap(), &mut diff).unwrap();
+        let again = CacheId::random();
+        d.create(&again, Some(&base), &opts()).await.unwrap();
+        d.apply_diff(&again, Some(&base), Box::new(io::Cursor::new(diff))).await.unwrap();
+        let (a, b) = (d.get(&again, "").await.unwrap(), d.get(&top, "").await.unwrap());
+        assert_eq!(dump(&a), dump(&b));
+        assert_eq!(count(&d.scratch_dir()), 0, "scratch files left behind");
+        d.put(&again).await.unwrap();
+        d.put(&top).await.unwrap();
+        f.close();
+    }
+}
