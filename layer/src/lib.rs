@@ -29,7 +29,7 @@ pub use error::{LayerStoreError, Result};
 pub use name::RwName;
 pub use rootlock::RootLock;
 pub use store::{InitFn, RwOpts, Store, StoreLockStats, StoreOptions};
-pub use types::{LayerInfo, RegisterOpts, RwInfo, StoreInfo};
+pub use types::{CheckOpts, CheckReport, LayerInfo, Problem, RegisterOpts, RwInfo, StoreInfo};
 
 /// Docker's limit on a chain's length: 127 in some drivers, minus an init and
 /// an RW layer on top.

@@ -90,3 +90,36 @@ pub struct StoreInfo {
     /// Sum of every layer's `size`.
     pub layers_size: u64,
 }
+
+/// What `check` does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckOpts {
+    /// Fix what can be fixed safely: remove orphaned driver dirs and stray
+    /// layerdb entries. Damaged layers are reported, never deleted.
+    #[serde(default)]
+    pub repair: bool,
+    /// Also rebuild every layer's tar stream and verify it against its DiffID
+    /// (reads every byte of every layer).
+    #[serde(default)]
+    pub verify_content: bool,
+}
+
+/// One finding of `check`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// `orphaned_driver_dir`, `missing_driver_dir`, `missing_tar_split`,
+    /// `content_mismatch`, `stray_layerdb_entry`, `metadata_mismatch`.
+    pub kind: String,
+    /// The layer's ChainID, the RW layer's name, the driver id or the path.
+    pub subject: String,
+    pub detail: String,
+    pub repaired: bool,
+}
+
+/// The result of `check`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckReport {
+    pub layers_checked: u64,
+    pub rw_layers_checked: u64,
+    pub problems: Vec<Problem>,
+}

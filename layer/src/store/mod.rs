@@ -7,6 +7,7 @@
 //! key lock at a time, except that a name key may be held while a chain key
 //! is taken. Filesystem work happens under key locks or no lock at all.
 
+mod check;
 mod graph;
 mod open;
 mod register;
@@ -321,6 +322,13 @@ impl Store {
     /// Lock wait/hold histograms of the store's maps and key locks.
     pub fn lock_stats(&self) -> StoreLockStats {
         self.inner.stats.clone()
+    }
+
+    /// Check the store's consistency (and repair what is safe to repair).
+    /// Layers and RW layers being created or deleted right now are skipped.
+    pub async fn check(&self, opts: crate::types::CheckOpts) -> Result<crate::types::CheckReport> {
+        let inner = self.inner.clone();
+        detached(async move { inner.check(opts).await }).await
     }
 
     /// Entries held by the key locks and the singleflight map: (chain keys,
