@@ -544,3 +544,86 @@ async fn empty_layer_matches_docker() {
     assert_eq!(l.size, 0);
     assert_eq!(export(&store, &l.chain_id).await.unwrap(), vec![0u8; 1024]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_finds_and_repairs_damage() {
+    let env = Env::new();
+    let store = env.open().await;
+    let a = register(&store, &tar_of(&[("f", b"aaaa")]), None).await;
+    let b = register(&store, &tar_of(&[("g", b"bbbb")]), Some(&a.chain_id)).await;
+    store.create_rw(&RwName::parse("c").unwrap(), Some(&b.chain_id), RwOpts::default()).await.unwrap();
+    let full = layer::CheckOpts { repair: false, verify_content: true };
+    let clean = store.check(full).await.unwrap();
+    assert_eq!((clean.layers_checked, clean.rw_layers_checked), (2, 1));
+    assert!(clean.problems.is_empty(), "{:?}", clean.problems);
+    // Damage: an orphaned driver dir, a stray layerdb entry, tampered content.
+    let orphan = CacheId::random();
+    store.driver().create(&orphan, None, &CreateOpts::default()).await.unwrap();
+    let stray = env.layerdb().join("sha256").join("ab".repeat(32));
+    std::fs::create_dir_all(&stray).unwrap();
+    std::fs::write(env.root.join("vfs/dir").join(&a.cache_id).join("f"), b"AAAA").unwrap();
+    let found = store.check(full).await.unwrap();
+    let mut kinds: Vec<&str> = found.problems.iter().map(|p| p.kind.as_str()).collect();
+    kinds.sort();
+    assert_eq!(kinds, vec!["content_mismatch", "orphaned_driver_dir", "stray_layerdb_entry"], "{:?}", found.problems);
+    let repaired = store.check(layer::CheckOpts { repair: true, verify_content: false }).await.unwrap();
+    assert!(repaired.problems.iter().all(|p| p.repaired), "{:?}", repaired.problems);
+    assert!(!stray.exists());
+    assert!(!store.driver().exists(&orphan).await);
+    // Damaged content is reported, never "repaired" by deleting the layer.
+    let again = store.check(full).await.unwrap();
+    assert_eq!(again.problems.len(), 1);
+    assert_eq!(again.problems[0].kind, "content_mismatch");
+    assert!(store.get(&a.chain_id).is_ok());
+    // A driver dir that vanished.
+    store.driver().remove(&CacheId::parse(&b.cache_id).unwrap()).await.unwrap();
+    let gone = store.check(layer::CheckOpts::default()).await.unwrap();
+    assert!(gone.problems.iter().any(|p| p.kind == "missing_driver_dir" && p.subject == b.chain_id.to_string()));
+}
+
+/// `check --repair` running beside registrations and deletions must neither
+/// report nor "repair" their work in progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_during_concurrent_work_reports_nothing() {
+    let env = Env::new();
+    let store = env.open().await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checker = {
+        let (store, stop) = (store.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut runs = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let r = store.check(layer::CheckOpts { repair: true, verify_content: false }).await.unwrap();
+                assert!(r.problems.is_empty(), "false positive during concurrent work: {:?}", r.problems);
+                runs += 1;
+            }
+            runs
+        })
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40u32 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let t = tar_of(&[(&format!("f{i}"), &vec![i as u8; 20_000][..])]);
+            let l = store.register(reader(t.clone()), RegisterOpts::default()).await.unwrap();
+            let name = RwName::parse(&format!("rw{i}")).unwrap();
+            store.create_rw(&name, Some(&l.chain_id), RwOpts::default()).await.unwrap();
+            if i % 2 == 0 {
+                store.release_rw(&name).await.unwrap();
+                store.release(&l.chain_id).await.unwrap();
+            } else {
+                assert_eq!(export(&store, &l.chain_id).await.unwrap(), t);
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    stop.store(true, Ordering::SeqCst);
+    assert!(checker.await.unwrap() > 0);
+    store.settle().await;
+    let end = store.check(layer::CheckOpts { repair: false, verify_content: true }).await.unwrap();
+    assert!(end.problems.is_empty(), "{:?}", end.problems);
+    assert_eq!(store.list().len(), 20);
+    assert_eq!(store.key_entries(), (0, 0, 0), "key locks must be freed when idle");
+}

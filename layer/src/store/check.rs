@@ -1,15 +1,207 @@
-//! `check`: compare the store's view with the disk and the driver.
-//! Runs with no store-wide lock; what is created or deleted meanwhile is
-//! recognised and skipped, never reported or "repaired".
+//! `check`: compare the store's view with the disk and the driver, and
+//! optionally repair what is safe to repair.
+//!
+//! It runs with no store-wide lock held across I/O. To stay honest while
+//! other requests run, every listing of the disk is taken *before* the
+//! in-memory snapshot it is compared with, ids being created or deleted are
+//! tracked as busy, and a finding is re-checked before it is reported: what
+//! changed meanwhile is skipped, never reported or "repaired".
 
+use std::collections::HashSet;
+use std::io::Read;
 use std::sync::Arc;
 
-use super::Inner;
+use graphdriver::CacheId;
+use tracing::warn;
+
+use super::graph::LayerMeta;
+use super::rw::{MountSlot, RwEntry};
+use super::{Inner, blocking};
+use crate::digest::{ChainId, Digest};
 use crate::error::Result;
-use crate::types::{CheckOpts, CheckReport};
+use crate::metadata::{TAR_SPLIT, remove_any};
+use crate::name::RwName;
+use crate::types::{CheckOpts, CheckReport, Problem};
+
+fn problem(kind: &str, subject: impl ToString, detail: impl Into<String>) -> Problem {
+    Problem { kind: kind.to_string(), subject: subject.to_string(), detail: detail.into(), repaired: false }
+}
 
 impl Inner {
-    pub(super) async fn check(self: &Arc<Self>, _opts: CheckOpts) -> Result<CheckReport> {
-        todo!("Store::check")
+    pub(super) async fn check(self: &Arc<Self>, opts: CheckOpts) -> Result<CheckReport> {
+        let mut report = CheckReport::default();
+        // Disk listings first, then the in-memory snapshot.
+        let driver_ids = self.driver.ids().await?;
+        let db = self.db.clone();
+        let (layer_names, mount_names) = blocking(move || Ok((db.layer_names()?, db.mount_names()?))).await?;
+        let (layers, known_chains): (Vec<Arc<LayerMeta>>, HashSet<ChainId>) = {
+            let g = self.layers.lock();
+            (g.live().map(|(m, _)| m.clone()).collect(), g.all_chains().cloned().collect())
+        };
+        let (rws, known_names): (Vec<Arc<RwEntry>>, HashSet<RwName>) = {
+            let m = self.mounts.lock();
+            let rws = m
+                .values()
+                .filter_map(|s| match s {
+                    MountSlot::Ready(e) => Some(e.clone()),
+                    MountSlot::Reserved => None,
+                })
+                .collect();
+            (rws, m.keys().cloned().collect())
+        };
+        let mut known_ids: HashSet<CacheId> = self.busy.lock().clone();
+        known_ids.extend(layers.iter().map(|m| m.cache_id.clone()));
+        for e in &rws {
+            known_ids.insert(e.mount_id.clone());
+            known_ids.extend(e.init_id.clone());
+        }
+
+        for meta in &layers {
+            report.layers_checked += 1;
+            for p in self.check_layer(meta, opts).await {
+                if self.layers.lock().get(&meta.chain_id).is_some() {
+                    report.problems.push(p);
+                }
+            }
+        }
+        for e in &rws {
+            report.rw_layers_checked += 1;
+            for p in self.check_rw(e).await {
+                if self.rw_entry(&e.name).is_ok() {
+                    report.problems.push(p);
+                }
+            }
+        }
+        for id in driver_ids {
+            if known_ids.contains(&id) || self.busy.lock().contains(&id) || !self.driver.exists(&id).await {
+                continue;
+            }
+            let mut p = problem("orphaned_driver_dir", &id, "a driver dir no layer or rw layer refers to");
+            if opts.repair {
+                match self.driver.remove(&id).await {
+                    Ok(()) => p.repaired = true,
+                    Err(e) => p.detail.push_str(&format!("; removing it failed: {e}")),
+                }
+            }
+            report.problems.push(p);
+        }
+        for name in layer_names {
+            let path = self.db.root().join("sha256").join(&name);
+            match Digest::parse_hex(&name).map(ChainId) {
+                Some(c) if known_chains.contains(&c) => {}
+                Some(c) => {
+                    // `publish` renames the metadata into place and then
+                    // inserts into the map, both under this key: look again
+                    // holding it, or a layer being published looks stray.
+                    let _key = self.chain_keys.lock(&c).await;
+                    let known_now = self.layers.lock().all_chains().any(|k| *k == c);
+                    if !known_now {
+                        self.check_stray(&path, opts, &mut report).await;
+                    }
+                }
+                None => self.check_stray(&path, opts, &mut report).await,
+            }
+        }
+        for name in mount_names {
+            let known = RwName::parse(&name).is_ok_and(|n| known_names.contains(&n));
+            if !known {
+                let path = self.db.root().join("mounts").join(&name);
+                self.check_stray(&path, opts, &mut report).await;
+            }
+        }
+        Ok(report)
+    }
+
+    /// A layerdb entry the maps don't know: report (and remove) it if it is
+    /// still there — a layer finalized meanwhile has moved to the trash.
+    async fn check_stray(&self, path: &std::path::Path, opts: CheckOpts, report: &mut CheckReport) {
+        let p2 = path.to_path_buf();
+        if !blocking(move || Ok(p2.exists())).await.unwrap_or(false) {
+            return;
+        }
+        let mut p = problem("stray_layerdb_entry", path.display(), "an entry the store did not load");
+        if opts.repair {
+            let (db, p2) = (self.db.clone(), path.to_path_buf());
+            match blocking(move || db.trash(&p2).and_then(|t| remove_any(&t))).await {
+                Ok(()) => p.repaired = true,
+                Err(e) => p.detail.push_str(&format!("; removing it failed: {e}")),
+            }
+        }
+        report.problems.push(p);
+    }
+
+    async fn check_layer(self: &Arc<Self>, meta: &Arc<LayerMeta>, opts: CheckOpts) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let chain = &meta.chain_id;
+        if !self.driver.exists(&meta.cache_id).await {
+            out.push(problem("missing_driver_dir", chain, format!("driver layer {} does not exist", meta.cache_id)));
+            return out;
+        }
+        let (db, c) = (self.db.clone(), chain.clone());
+        let disk = blocking(move || Ok((db.read_layer(&c), db.layer_dir(&c).join(TAR_SPLIT).is_file()))).await;
+        match disk {
+            Ok((Ok(rec), has_ts)) => {
+                let parent = meta.parent_chain().cloned();
+                if rec.diff_id != meta.diff_id || rec.cache_id != meta.cache_id || rec.parent != parent {
+                    out.push(problem(
+                        "metadata_mismatch",
+                        chain,
+                        "the layer's files on disk differ from what was loaded",
+                    ));
+                }
+                if !has_ts {
+                    out.push(problem("missing_tar_split", chain, format!("{TAR_SPLIT} is missing")));
+                }
+            }
+            Ok((Err(why), _)) => out.push(problem("metadata_mismatch", chain, why)),
+            Err(e) => out.push(problem("metadata_mismatch", chain, e.to_string())),
+        }
+        if opts.verify_content && out.is_empty() {
+            let verified = match self.tar_stream(chain).await {
+                Ok(mut r) => blocking(move || {
+                    let mut buf = vec![0u8; 256 * 1024];
+                    loop {
+                        match r.read(&mut buf) {
+                            Ok(0) => return Ok(Ok(())),
+                            Ok(_) => {}
+                            Err(e) => return Ok(Err(e.to_string())),
+                        }
+                    }
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string())),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(why) = verified {
+                warn!(chain_id = %chain, why, "layer content does not verify");
+                out.push(problem("content_mismatch", chain, why));
+            }
+        }
+        out
+    }
+
+    async fn check_rw(&self, e: &RwEntry) -> Vec<Problem> {
+        let mut out = Vec::new();
+        for id in std::iter::once(&e.mount_id).chain(e.init_id.as_ref()) {
+            if !self.driver.exists(id).await {
+                out.push(problem("missing_driver_dir", &e.name, format!("driver layer {id} does not exist")));
+            }
+        }
+        let (db, n) = (self.db.clone(), e.name.clone());
+        match blocking(move || Ok(db.read_mount(&n))).await {
+            Ok(Ok(rec)) => {
+                let parent = e.parent.as_ref().map(|p| p.chain_id.clone());
+                if rec.mount_id != e.mount_id || rec.init_id != e.init_id || rec.parent != parent {
+                    out.push(problem(
+                        "metadata_mismatch",
+                        &e.name,
+                        "the rw layer's files on disk differ from what was loaded",
+                    ));
+                }
+            }
+            Ok(Err(why)) => out.push(problem("metadata_mismatch", &e.name, why)),
+            Err(err) => out.push(problem("metadata_mismatch", &e.name, err.to_string())),
+        }
+        out
     }
 }

@@ -94,6 +94,11 @@ impl Graph {
         })
     }
 
+    /// Every ChainID the graph knows, including layers being removed.
+    pub fn all_chains(&self) -> impl Iterator<Item = &ChainId> {
+        self.slots.keys()
+    }
+
     /// Insert a layer loaded from disk (start-up), with its persisted refs.
     /// Children and RW counts are added by `pin_child`/`pin_rw` of the loaded
     /// children and mounts.

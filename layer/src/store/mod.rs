@@ -72,6 +72,9 @@ pub(crate) struct Inner {
     chain_keys: KeyedLocks<ChainId>,
     name_keys: KeyedLocks<RwName>,
     flights: Flights<FlightKey, ChainId>,
+    /// Driver ids being created or deleted right now (not yet or no longer
+    /// in the maps), so `check` never calls them orphans.
+    busy: Arc<MapLock<std::collections::HashSet<graphdriver::CacheId>>>,
     /// Deferred deletions and other background work, awaited at shutdown.
     bg: TaskTracker,
     stats: StoreLockStats,
@@ -115,6 +118,14 @@ where
     tokio::spawn(f).await.map_err(|e| LayerStoreError::Internal(format!("store task failed: {e}")))?
 }
 
+/// Forget busy driver ids (usable from a deferred task).
+fn unmark(busy: &MapLock<std::collections::HashSet<graphdriver::CacheId>>, ids: &[&graphdriver::CacheId]) {
+    let mut b = busy.lock();
+    for id in ids {
+        b.remove(*id);
+    }
+}
+
 fn layer_info(meta: &LayerMeta, c: Counts) -> LayerInfo {
     LayerInfo {
         chain_id: meta.chain_id.clone(),
@@ -135,6 +146,17 @@ impl Inner {
         let g = self.layers.lock();
         let (meta, c) = g.get(chain).ok_or_else(|| LayerStoreError::LayerNotFound(chain.to_string()))?;
         Ok(layer_info(meta, c))
+    }
+
+    fn mark_busy(&self, ids: &[&graphdriver::CacheId]) {
+        let mut b = self.busy.lock();
+        for id in ids {
+            b.insert((*id).clone());
+        }
+    }
+
+    fn unmark_busy(&self, ids: &[&graphdriver::CacheId]) {
+        unmark(&self.busy, ids);
     }
 
     /// Run deferred work (deletions) in the background, tracked for

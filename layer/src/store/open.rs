@@ -199,6 +199,7 @@ pub(super) async fn open(root_lock: RootLock, driver: Arc<dyn Driver>) -> Result
         chain_keys: KeyedLocks::new(stats[2].clone()),
         name_keys: KeyedLocks::new(stats[3].clone()),
         flights: Flights::new(),
+        busy: Arc::new(MapLock::new(HashSet::new(), Arc::new(LockStats::new("busy_ids")))),
         bg: TaskTracker::new(),
         stats: StoreLockStats { all: stats },
         coarse: None,

@@ -108,9 +108,20 @@ impl Inner {
         let cache_id = CacheId::random();
         let db = self.db.clone();
         let tx = blocking(move || db.begin_tx()).await?;
+        self.mark_busy(&[&cache_id]);
         match self.stage(&cache_id, &tx, tar, opts, parent).await {
-            Ok(staged) => self.publish(staged).await,
+            Ok(staged) => {
+                let res = self.publish(staged).await;
+                // Published as new: the map knows the id now. Otherwise
+                // `discard` unmarks it once the driver dir is gone.
+                if let Ok((_, true)) = res {
+                    self.unmark_busy(&[&cache_id]);
+                }
+                res
+            }
             Err(e) => {
+                // `stage` removed the driver dir before returning.
+                self.unmark_busy(&[&cache_id]);
                 self.discard(None, tx).await;
                 Err(e)
             }
@@ -119,12 +130,13 @@ impl Inner {
 
     /// Throw away staged work in the background: the driver dir and the tx dir.
     async fn discard(&self, cache_id: Option<CacheId>, tx: PathBuf) {
-        let driver = self.driver.clone();
+        let (driver, busy) = (self.driver.clone(), self.busy.clone());
         self.defer(async move {
-            if let Some(id) = cache_id
-                && let Err(e) = driver.remove(&id).await
-            {
-                warn!(cache_id = %id, error = %e, "removing staged driver layer failed");
+            if let Some(id) = cache_id {
+                if let Err(e) = driver.remove(&id).await {
+                    warn!(cache_id = %id, error = %e, "removing staged driver layer failed");
+                }
+                super::unmark(&busy, &[&id]);
             }
             let _ = blocking(move || remove_any(&tx)).await;
         })

@@ -108,7 +108,6 @@ impl Inner {
         match self.create_rw_pinned(name, parent.clone(), opts).await {
             Ok(entry) => {
                 let info = entry.info();
-                self.mounts.lock().insert(name.clone(), MountSlot::Ready(entry));
                 info!(name = %name, "created rw layer");
                 Ok(info)
             }
@@ -127,6 +126,8 @@ impl Inner {
         opts: RwOpts,
     ) -> Result<Arc<RwEntry>> {
         let mount_id = CacheId::random();
+        let init_for_busy = mount_id.init();
+        self.mark_busy(&[&mount_id, &init_for_busy]);
         let copts = CreateOpts { mount_label: opts.mount_label.clone(), ..CreateOpts::default() };
         let mut created: Vec<CacheId> = Vec::new();
         let res: Result<Option<CacheId>> = async {
@@ -168,10 +169,10 @@ impl Inner {
             Ok(init_id)
         }
         .await;
-        match res {
+        let entry = match res {
             Ok(init_id) => Ok(Arc::new(RwEntry {
                 name: name.clone(),
-                mount_id,
+                mount_id: mount_id.clone(),
                 init_id,
                 parent,
                 mount_label: opts.mount_label,
@@ -186,7 +187,13 @@ impl Inner {
                 }
                 Err(e)
             }
+        };
+        if let Ok(e) = &entry {
+            // Published before unmarking, so `check` always sees the ids somewhere.
+            self.mounts.lock().insert(name.clone(), MountSlot::Ready(e.clone()));
         }
+        self.unmark_busy(&[&mount_id, &init_for_busy]);
+        entry
     }
 
     pub(super) async fn mount(&self, name: &RwName) -> Result<PathBuf> {
@@ -261,17 +268,19 @@ impl Inner {
                 return Err(err);
             }
         };
+        let ids: Vec<CacheId> = std::iter::once(e.mount_id.clone()).chain(e.init_id.clone()).collect();
+        self.mark_busy(&ids.iter().collect::<Vec<_>>());
         self.mounts.lock().remove(name);
         drop(key);
         info!(name = %name, "removed rw layer");
-        let driver = self.driver.clone();
-        let ids: Vec<CacheId> = std::iter::once(e.mount_id.clone()).chain(e.init_id.clone()).collect();
+        let (driver, busy) = (self.driver.clone(), self.busy.clone());
         self.defer(async move {
-            for id in ids {
-                if let Err(err) = driver.remove(&id).await {
+            for id in &ids {
+                if let Err(err) = driver.remove(id).await {
                     warn!(id = %id, error = %err, "removing rw layer's driver dir failed");
                 }
             }
+            super::unmark(&busy, &ids.iter().collect::<Vec<_>>());
             let _ = blocking(move || remove_any(&trashed)).await;
         })
         .await;
