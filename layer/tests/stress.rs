@@ -1,0 +1,212 @@
+//! Stress: many tasks doing random register / retain / release / create_rw /
+//! mount / unmount / release_rw / export / check against one store, with a
+//! deadlock watchdog on every operation and the invariants checked at the end:
+//! reference counts consistent with the chains and with what the tasks hold,
+//! every layer exporting to its DiffID, and after releasing everything, no
+//! layer, RW layer, driver dir, metadata dir, trash, transaction or key-lock
+//! entry left.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::io::{Cursor, Read};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use graphdriver::TarReader;
+use layer::{ChainId, DiffId, Digest, RegisterOpts, RwName, RwOpts, Store};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const TASKS: u64 = 8;
+const OPS: usize = 150;
+/// No single store operation may take this long: past it, we call it a deadlock.
+const WATCHDOG: Duration = Duration::from_secs(60);
+
+fn tar_of(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, path, &data[..]).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// One of a small set of contents, so identical registrations collide often.
+fn content(rng: &mut StdRng) -> Vec<u8> {
+    let k: u8 = rng.gen_range(0..6);
+    let files: Vec<(String, Vec<u8>)> = (0..(k % 3 + 1))
+        .map(|i| (format!("d{k}/f{i}"), vec![k.wrapping_mul(17).wrapping_add(i); 3000 * (i as usize + 1)]))
+        .collect();
+    tar_of(&files)
+}
+
+/// What the tasks hold, to compare with the store's counts.
+#[derive(Default)]
+struct Held {
+    layers: HashMap<ChainId, u64>,
+    rws: HashMap<RwName, (Option<ChainId>, u64)>,
+}
+
+async fn watch<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(WATCHDOG, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("deadlock suspected: {what} did not finish within {WATCHDOG:?}"),
+    }
+}
+
+async fn export_verified(store: &Store, chain: &ChainId) -> Vec<u8> {
+    let mut r: TarReader = store.tar_stream(chain).await.unwrap();
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).expect("export must verify against the DiffID");
+        out
+    })
+    .await
+    .unwrap()
+}
+
+async fn worker(store: Store, held: Arc<Mutex<Held>>, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut mine: Vec<ChainId> = Vec::new();
+    let mut my_rws: Vec<RwName> = Vec::new();
+    for op in 0..OPS {
+        match rng.gen_range(0..100) {
+            0..=29 => {
+                let bytes = content(&mut rng);
+                let parent = if !mine.is_empty() && rng.gen_bool(0.5) {
+                    Some(mine[rng.gen_range(0..mine.len())].clone())
+                } else {
+                    None
+                };
+                let diff_id = rng.gen_bool(0.5).then(|| DiffId(Digest::of(&bytes)));
+                let opts = RegisterOpts { parent, diff_id, ..RegisterOpts::default() };
+                let l = watch("register", store.register(Box::new(Cursor::new(bytes)), opts)).await.unwrap();
+                *held.lock().unwrap().layers.entry(l.chain_id.clone()).or_default() += 1;
+                mine.push(l.chain_id);
+            }
+            30..=44 if !mine.is_empty() => {
+                let c = mine.swap_remove(rng.gen_range(0..mine.len()));
+                // Drop our count first: once released, another task's view must not include it.
+                {
+                    let mut h = held.lock().unwrap();
+                    let n = h.layers.get_mut(&c).unwrap();
+                    *n -= 1;
+                    if *n == 0 {
+                        h.layers.remove(&c);
+                    }
+                }
+                watch("release", store.release(&c)).await.unwrap();
+            }
+            45..=52 if !mine.is_empty() => {
+                let c = mine[rng.gen_range(0..mine.len())].clone();
+                watch("retain", store.retain(&c)).await.unwrap();
+                *held.lock().unwrap().layers.entry(c.clone()).or_default() += 1;
+                mine.push(c);
+            }
+            53..=64 => {
+                let name = RwName::parse(&format!("t{seed}-{op}")).unwrap();
+                let parent = if !mine.is_empty() && rng.gen_bool(0.7) {
+                    Some(mine[rng.gen_range(0..mine.len())].clone())
+                } else {
+                    None
+                };
+                let opts = RwOpts { init: rng.gen_bool(0.3), ..RwOpts::default() };
+                watch("create_rw", store.create_rw(&name, parent.as_ref(), opts)).await.unwrap();
+                held.lock().unwrap().rws.insert(name.clone(), (parent, 0));
+                my_rws.push(name);
+            }
+            65..=72 if !my_rws.is_empty() => {
+                let name = my_rws[rng.gen_range(0..my_rws.len())].clone();
+                let p = watch("mount", store.mount(&name)).await.unwrap();
+                std::fs::write(p.join(format!("w{op}")), b"x").unwrap();
+                held.lock().unwrap().rws.get_mut(&name).unwrap().1 += 1;
+                if rng.gen_bool(0.7) {
+                    watch("unmount", store.unmount(&name)).await.unwrap();
+                    held.lock().unwrap().rws.get_mut(&name).unwrap().1 -= 1;
+                }
+            }
+            73..=80 if !my_rws.is_empty() => {
+                let name = my_rws.swap_remove(rng.gen_range(0..my_rws.len()));
+                held.lock().unwrap().rws.remove(&name);
+                watch("release_rw", store.release_rw(&name)).await.unwrap();
+            }
+            81..=88 if !mine.is_empty() => {
+                let c = mine[rng.gen_range(0..mine.len())].clone();
+                watch("export", export_verified(&store, &c)).await;
+            }
+            89..=92 => {
+                let r = watch("check", store.check(layer::CheckOpts::default())).await.unwrap();
+                assert!(r.problems.is_empty(), "check during stress: {:?}", r.problems);
+            }
+            _ => {
+                let _ = store.list();
+                let _ = store.list_rw();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_concurrent_operations_keep_every_invariant() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let driver = Arc::new(drivers::vfs::Vfs::new(root.join("vfs")).unwrap());
+    let store = Store::open(&root, driver).await.unwrap();
+    let held = Arc::new(Mutex::new(Held::default()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for seed in 0..TASKS {
+        tasks.spawn(worker(store.clone(), held.clone(), seed));
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    store.settle().await;
+
+    // Counts agree with the chains and with what the tasks hold.
+    let layers = store.list();
+    let rws = store.list_rw();
+    let held = Arc::try_unwrap(held).ok().unwrap().into_inner().unwrap();
+    for l in &layers {
+        let children = layers.iter().filter(|c| c.parent.as_ref() == Some(&l.chain_id)).count() as u64;
+        let rw = rws.iter().filter(|r| r.parent.as_ref() == Some(&l.chain_id)).count() as u64;
+        assert_eq!(l.children, children, "children of {}", l.chain_id);
+        assert_eq!(l.rw_layers, rw, "rw layers of {}", l.chain_id);
+        assert_eq!(l.references, held.layers.get(&l.chain_id).copied().unwrap_or(0), "references of {}", l.chain_id);
+        assert!(l.references + l.children + l.rw_layers > 0, "{} is held by nothing", l.chain_id);
+        export_verified(&store, &l.chain_id).await;
+    }
+    assert_eq!(rws.len(), held.rws.len());
+    for r in &rws {
+        let (parent, mounts) = &held.rws[&r.name];
+        assert_eq!(&r.parent, parent);
+        assert_eq!(r.mount_count, *mounts, "mount count of {}", r.name);
+    }
+    let report = store.check(layer::CheckOpts { repair: false, verify_content: true }).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+
+    // Release everything: nothing may be left anywhere.
+    for r in rws {
+        store.release_rw(&r.name).await.unwrap();
+    }
+    for (chain, n) in held.layers {
+        for _ in 0..n {
+            store.release(&chain).await.unwrap();
+        }
+    }
+    store.settle().await;
+    assert!(store.list().is_empty(), "{:?}", store.list());
+    assert_eq!(store.driver().ids().await.unwrap().len(), 0, "driver dirs left");
+    let db = root.join("image/vfs/layerdb");
+    for sub in ["sha256", "mounts", "tmp", "trash"] {
+        let left: Vec<_> = std::fs::read_dir(db.join(sub)).unwrap().collect();
+        assert!(left.is_empty(), "{sub}/ not empty: {left:?}");
+    }
+    assert_eq!(store.key_entries(), (0, 0, 0));
+}
