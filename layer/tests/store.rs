@@ -627,3 +627,32 @@ async fn check_during_concurrent_work_reports_nothing() {
     assert_eq!(store.list().len(), 20);
     assert_eq!(store.key_entries(), (0, 0, 0), "key locks must be freed when idle");
 }
+
+// moby's TestTarStreamStability: metadata changes and extra files in a layer's
+// dir don't change its export (headers come from the tar-split record), and a
+// child built through an RW layer and commit exports stably too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tar_streams_are_stable_across_unrelated_changes() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let store = env.open().await;
+    let t = tar_of(&[("etc/a", b"aaa"), ("etc/b", b"bbb")]);
+    let base = register(&store, &t, None).await;
+    let dir = env.root.join("vfs/dir").join(&base.cache_id);
+    std::fs::set_permissions(dir.join("etc/a"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(dir.join("stray-file"), b"not in the tar").unwrap();
+    assert_eq!(export(&store, &base.chain_id).await.unwrap(), t);
+    let name = RwName::parse("builder").unwrap();
+    store.create_rw(&name, Some(&base.chain_id), RwOpts::default()).await.unwrap();
+    let p = store.mount(&name).await.unwrap();
+    std::fs::write(p.join("etc/c"), b"ccc").unwrap();
+    store.unmount(&name).await.unwrap();
+    let mut diff = Vec::new();
+    store.diff(&name).await.unwrap().read_to_end(&mut diff).unwrap();
+    let child = store.commit(&name).await.unwrap();
+    assert_eq!(child.diff_id, diff_id_of(&diff), "commit registers exactly the RW diff");
+    let first = export(&store, &child.chain_id).await.unwrap();
+    assert_eq!(diff_id_of(&first), child.diff_id);
+    assert_eq!(export(&store, &child.chain_id).await.unwrap(), first);
+    assert_eq!(export(&store, &base.chain_id).await.unwrap(), t);
+}
