@@ -34,32 +34,39 @@ impl Inner {
         let driver_ids = self.driver.ids().await?;
         let db = self.db.clone();
         let (layer_names, mount_names) = blocking(move || Ok((db.layer_names()?, db.mount_names()?))).await?;
-        let (layers, known_chains): (Vec<Arc<LayerMeta>>, HashSet<ChainId>) = {
+        // One critical section per family: a driver id is always either
+        // named by an entry or marked busy under the same lock.
+        let (layers, known_chains, mut known_ids) = {
             let g = self.layers.lock();
-            (g.live().map(|(m, _)| m.clone()).collect(), g.all_chains().cloned().collect())
+            let layers: Vec<Arc<LayerMeta>> = g.live().map(|(m, _)| m.clone()).collect();
+            let chains: HashSet<ChainId> = g.all_chains().cloned().collect();
+            let ids: HashSet<CacheId> =
+                g.all_metas().map(|m| m.cache_id.clone()).chain(g.busy.ids().cloned()).collect();
+            (layers, chains, ids)
         };
-        let (rws, known_names): (Vec<Arc<RwEntry>>, HashSet<RwName>) = {
+        let (rws, known_names) = {
             let m = self.mounts.lock();
-            let rws = m
+            let rws: Vec<Arc<RwEntry>> = m
                 .values()
                 .filter_map(|s| match s {
                     MountSlot::Ready(e) => Some(e.clone()),
                     MountSlot::Reserved => None,
                 })
                 .collect();
-            (rws, m.keys().cloned().collect())
+            for e in &rws {
+                known_ids.insert(e.mount_id.clone());
+                known_ids.extend(e.init_id.clone());
+            }
+            known_ids.extend(m.busy.ids().cloned());
+            let names: HashSet<RwName> = m.keys().cloned().collect();
+            (rws, names)
         };
-        let mut known_ids: HashSet<CacheId> = self.busy.lock().clone();
-        known_ids.extend(layers.iter().map(|m| m.cache_id.clone()));
-        for e in &rws {
-            known_ids.insert(e.mount_id.clone());
-            known_ids.extend(e.init_id.clone());
-        }
 
         for meta in &layers {
             report.layers_checked += 1;
             for p in self.check_layer(meta, opts).await {
-                if self.layers.lock().get(&meta.chain_id).is_some() {
+                // Still this very layer (not deleted, nor deleted and registered anew)?
+                if self.layers.lock().get(&meta.chain_id).is_some_and(|(m, _)| Arc::ptr_eq(m, meta)) {
                     report.problems.push(p);
                 }
             }
@@ -67,13 +74,13 @@ impl Inner {
         for e in &rws {
             report.rw_layers_checked += 1;
             for p in self.check_rw(e).await {
-                if self.rw_entry(&e.name).is_ok() {
+                if self.rw_entry(&e.name).is_ok_and(|now| Arc::ptr_eq(&now, e)) {
                     report.problems.push(p);
                 }
             }
         }
         for id in driver_ids {
-            if known_ids.contains(&id) || self.busy.lock().contains(&id) || !self.driver.exists(&id).await {
+            if known_ids.contains(&id) || !self.driver.exists(&id).await {
                 continue;
             }
             let mut p = problem("orphaned_driver_dir", &id, "a driver dir no layer or rw layer refers to");

@@ -73,9 +73,43 @@ pub(crate) enum Published {
     Removing(Arc<LayerMeta>),
 }
 
+/// Driver ids whose dirs exist (or may) while no map entry names them: being
+/// staged before publish, or being deleted after unpublish. Kept under the same
+/// map lock as the entries they bridge, so "publish + unmark" and "mark +
+/// unpublish" are each one critical section, and a reader of the map sees
+/// every live driver id in one of the two. Counted, so overlapping marks of one
+/// id can't unmark each other.
+#[derive(Debug, Default)]
+pub(crate) struct Busy(HashMap<CacheId, usize>);
+
+impl Busy {
+    pub fn mark<'a>(&mut self, ids: impl IntoIterator<Item = &'a CacheId>) {
+        for id in ids {
+            *self.0.entry(id.clone()).or_default() += 1;
+        }
+    }
+
+    pub fn unmark<'a>(&mut self, ids: impl IntoIterator<Item = &'a CacheId>) {
+        for id in ids {
+            if let Some(n) = self.0.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    self.0.remove(id);
+                }
+            }
+        }
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = &CacheId> {
+        self.0.keys()
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Graph {
     slots: HashMap<ChainId, Slot>,
+    /// Layer driver ids being staged or deleted (see [`Busy`]).
+    pub busy: Busy,
 }
 
 impl Graph {
@@ -91,6 +125,13 @@ impl Graph {
         self.slots.values().filter_map(|s| match s {
             Slot::Live { meta, counts } => Some((meta, *counts)),
             Slot::Removing(_) => None,
+        })
+    }
+
+    /// Every layer the graph knows, including layers being removed.
+    pub fn all_metas(&self) -> impl Iterator<Item = &Arc<LayerMeta>> {
+        self.slots.values().map(|s| match s {
+            Slot::Live { meta, .. } | Slot::Removing(meta) => meta,
         })
     }
 

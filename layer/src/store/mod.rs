@@ -8,13 +8,13 @@
 //! is taken. Filesystem work happens under key locks or no lock at all.
 
 mod check;
+mod export;
 mod graph;
 mod open;
 mod register;
 mod release;
 mod rw;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -68,13 +68,10 @@ pub(crate) struct Inner {
     db: LayerDb,
     driver: Arc<dyn Driver>,
     layers: MapLock<Graph>,
-    mounts: MapLock<HashMap<RwName, MountSlot>>,
+    mounts: MapLock<rw::Mounts>,
     chain_keys: KeyedLocks<ChainId>,
     name_keys: KeyedLocks<RwName>,
     flights: Flights<FlightKey, ChainId>,
-    /// Driver ids being created or deleted right now (not yet or no longer
-    /// in the maps), so `check` never calls them orphans.
-    busy: Arc<MapLock<std::collections::HashSet<graphdriver::CacheId>>>,
     /// Deferred deletions and other background work, awaited at shutdown.
     bg: TaskTracker,
     stats: StoreLockStats,
@@ -118,14 +115,6 @@ where
     tokio::spawn(f).await.map_err(|e| LayerStoreError::Internal(format!("store task failed: {e}")))?
 }
 
-/// Forget busy driver ids (usable from a deferred task).
-fn unmark(busy: &MapLock<std::collections::HashSet<graphdriver::CacheId>>, ids: &[&graphdriver::CacheId]) {
-    let mut b = busy.lock();
-    for id in ids {
-        b.remove(*id);
-    }
-}
-
 fn layer_info(meta: &LayerMeta, c: Counts) -> LayerInfo {
     LayerInfo {
         chain_id: meta.chain_id.clone(),
@@ -146,17 +135,6 @@ impl Inner {
         let g = self.layers.lock();
         let (meta, c) = g.get(chain).ok_or_else(|| LayerStoreError::LayerNotFound(chain.to_string()))?;
         Ok(layer_info(meta, c))
-    }
-
-    fn mark_busy(&self, ids: &[&graphdriver::CacheId]) {
-        let mut b = self.busy.lock();
-        for id in ids {
-            b.insert((*id).clone());
-        }
-    }
-
-    fn unmark_busy(&self, ids: &[&graphdriver::CacheId]) {
-        unmark(&self.busy, ids);
     }
 
     /// Run deferred work (deletions) in the background, tracked for

@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use super::graph::{Graph, LayerMeta};
-use super::rw::{MountSlot, RwEntry};
+use super::rw::{MountSlot, Mounts, RwEntry};
 use super::{Inner, StoreLockStats, blocking};
 use crate::digest::{ChainId, Digest};
 use crate::error::Result;
@@ -195,11 +195,10 @@ pub(super) async fn open(root_lock: RootLock, driver: Arc<dyn Driver>) -> Result
         db,
         driver,
         layers: MapLock::new(graph, stats[0].clone()),
-        mounts: MapLock::new(mounts, stats[1].clone()),
+        mounts: MapLock::new(Mounts { slots: mounts, busy: Default::default() }, stats[1].clone()),
         chain_keys: KeyedLocks::new(stats[2].clone()),
         name_keys: KeyedLocks::new(stats[3].clone()),
         flights: Flights::new(),
-        busy: Arc::new(MapLock::new(HashSet::new(), Arc::new(LockStats::new("busy_ids")))),
         bg: TaskTracker::new(),
         stats: StoreLockStats { all: stats },
         coarse: None,

@@ -13,11 +13,11 @@ use tracing::{debug, info, warn};
 use super::graph::{LayerMeta, Published};
 use super::{FlightKey, Inner, blocking, layer_info};
 use crate::compress::decompressed;
-use crate::digest::{ChainId, DiffId, Hasher, VerifyingReader};
+use crate::digest::{ChainId, DiffId, Hasher};
 use crate::error::{LayerStoreError, Result};
 use crate::flight::Role;
 use crate::metadata::{LayerDb, LayerRecord, TAR_SPLIT, remove_any};
-use crate::tarsplit::{self, Assembler, DirGetter};
+use crate::tarsplit;
 use crate::types::{LayerInfo, RegisterOpts};
 
 /// A layer unpacked into its driver dir, metadata written in a tx dir.
@@ -108,20 +108,14 @@ impl Inner {
         let cache_id = CacheId::random();
         let db = self.db.clone();
         let tx = blocking(move || db.begin_tx()).await?;
-        self.mark_busy(&[&cache_id]);
+        self.layers.lock().busy.mark([&cache_id]);
         match self.stage(&cache_id, &tx, tar, opts, parent).await {
-            Ok(staged) => {
-                let res = self.publish(staged).await;
-                // Published as new: the map knows the id now. Otherwise
-                // `discard` unmarks it once the driver dir is gone.
-                if let Ok((_, true)) = res {
-                    self.unmark_busy(&[&cache_id]);
-                }
-                res
-            }
+            // `publish` unmarks the id as it inserts the layer, or hands it to
+            // `discard`, which unmarks it once the driver dir is gone.
+            Ok(staged) => self.publish(staged).await,
             Err(e) => {
                 // `stage` removed the driver dir before returning.
-                self.unmark_busy(&[&cache_id]);
+                self.layers.lock().busy.unmark([&cache_id]);
                 self.discard(None, tx).await;
                 Err(e)
             }
@@ -129,14 +123,14 @@ impl Inner {
     }
 
     /// Throw away staged work in the background: the driver dir and the tx dir.
-    async fn discard(&self, cache_id: Option<CacheId>, tx: PathBuf) {
-        let (driver, busy) = (self.driver.clone(), self.busy.clone());
+    async fn discard(self: &Arc<Self>, cache_id: Option<CacheId>, tx: PathBuf) {
+        let inner = self.clone();
         self.defer(async move {
             if let Some(id) = cache_id {
-                if let Err(e) = driver.remove(&id).await {
+                if let Err(e) = inner.driver.remove(&id).await {
                     warn!(cache_id = %id, error = %e, "removing staged driver layer failed");
                 }
-                super::unmark(&busy, &[&id]);
+                inner.layers.lock().busy.unmark([&id]);
             }
             let _ = blocking(move || remove_any(&tx)).await;
         })
@@ -274,6 +268,7 @@ impl Inner {
                     let info = {
                         let mut g = self.layers.lock();
                         g.insert(meta.clone());
+                        g.busy.unmark([&meta.cache_id]);
                         layer_info(&meta, g.get(&chain).map(|(_, c)| c).unwrap_or_default())
                     };
                     info!(chain_id = %chain, diff_id = %meta.diff_id, size = meta.size, "registered layer");
@@ -297,27 +292,6 @@ impl Inner {
             return Err(e);
         }
         self.info_of(chain)
-    }
-
-    pub(super) async fn tar_stream(self: &Arc<Self>, chain: &ChainId) -> Result<TarReader> {
-        let meta = {
-            let g = self.layers.lock();
-            g.get(chain).map(|(m, _)| m.clone()).ok_or_else(|| LayerStoreError::LayerNotFound(chain.to_string()))?
-        };
-        let (dir, put) = match self.driver.diff_getter(&meta.cache_id).await? {
-            Some(dir) => (dir, None),
-            None => {
-                let dir = self.driver.get(&meta.cache_id, "").await?;
-                (dir, Some(PutOnDrop { driver: self.driver.clone(), id: meta.cache_id.clone() }))
-            }
-        };
-        let path = self.db.tar_split_path(chain);
-        let file = blocking(move || Ok(File::open(&path).ctx("open", &path)?)).await?;
-        let asm = Assembler::new(Box::new(file), DirGetter::new(dir));
-        // Two stages on two threads, like `tar -c | consumer`: the assembler
-        // (file reads, CRC-64) runs ahead while the reader verifies SHA-256.
-        let verified = VerifyingReader::new(Pipelined::spawn(asm), meta.diff_id.0.clone());
-        Ok(Box::new(Guarded { inner: verified, _put: put }))
     }
 }
 
@@ -383,110 +357,5 @@ impl Read for ChannelReader {
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
-    }
-}
-
-/// Runs a reader on its own thread, a few chunks ahead of the consumer.
-/// Dropping it stops the thread at its next send.
-struct Pipelined {
-    rx: Receiver<io::Result<Vec<u8>>>,
-    buf: Vec<u8>,
-    pos: usize,
-    done: bool,
-}
-
-impl Pipelined {
-    const CHUNK: usize = 256 * 1024;
-
-    fn spawn<R: Read + Send + 'static>(mut src: R) -> Self {
-        let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(4);
-        std::thread::spawn(move || {
-            loop {
-                let mut chunk = vec![0u8; Self::CHUNK];
-                let mut filled = 0;
-                let res = loop {
-                    match src.read(&mut chunk[filled..]) {
-                        Ok(0) => break Ok(()),
-                        Ok(n) => {
-                            filled += n;
-                            if filled == chunk.len() {
-                                break Ok(());
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => break Err(e),
-                    }
-                };
-                chunk.truncate(filled);
-                let last = filled < Self::CHUNK;
-                if filled > 0 && tx.send(Ok(chunk)).is_err() {
-                    return;
-                }
-                if let Err(e) = res {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-                if last {
-                    return;
-                }
-            }
-        });
-        Pipelined { rx, buf: Vec::new(), pos: 0, done: false }
-    }
-}
-
-impl Read for Pipelined {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos >= self.buf.len() {
-            if self.done {
-                return Ok(0);
-            }
-            match self.rx.recv() {
-                Ok(Ok(b)) => {
-                    self.buf = b;
-                    self.pos = 0;
-                }
-                Ok(Err(e)) => {
-                    self.done = true;
-                    return Err(e);
-                }
-                Err(_) => {
-                    self.done = true;
-                    return Ok(0);
-                }
-            }
-        }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
-/// Calls the driver's `put` when an export that needed `get` is dropped.
-struct PutOnDrop {
-    driver: Arc<dyn graphdriver::Driver>,
-    id: CacheId,
-}
-
-impl Drop for PutOnDrop {
-    fn drop(&mut self) {
-        let (driver, id) = (self.driver.clone(), self.id.clone());
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = driver.put(&id).await;
-            });
-        }
-    }
-}
-
-struct Guarded<R> {
-    inner: R,
-    _put: Option<PutOnDrop>,
-}
-
-impl<R: Read> Read for Guarded<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf)
     }
 }

@@ -64,8 +64,11 @@ impl Inner {
         }
         let (db, chain) = (self.db.clone(), meta.chain_id.clone());
         let trashed = blocking(move || db.trash(&db.layer_dir(&chain))).await;
-        self.mark_busy(&[&meta.cache_id]);
-        self.layers.lock().forget(&meta);
+        {
+            let mut g = self.layers.lock();
+            g.busy.mark([&meta.cache_id]);
+            g.forget(&meta);
+        }
         let trashed = match trashed {
             Ok(t) => Some(t),
             Err(e) => {
@@ -75,12 +78,12 @@ impl Inner {
             }
         };
         info!(chain_id = %meta.chain_id, "deleted layer");
-        let (driver, busy) = (self.driver.clone(), self.busy.clone());
+        let inner = self.clone();
         self.defer(async move {
-            if let Err(e) = driver.remove(&meta.cache_id).await {
+            if let Err(e) = inner.driver.remove(&meta.cache_id).await {
                 warn!(cache_id = %meta.cache_id, error = %e, "removing deleted layer's driver dir failed");
             }
-            super::unmark(&busy, &[&meta.cache_id]);
+            inner.layers.lock().busy.unmark([&meta.cache_id]);
             if let Some(t) = trashed
                 && let Err(e) = blocking(move || remove_any(&t)).await
             {

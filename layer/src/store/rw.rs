@@ -1,6 +1,7 @@
 //! RW layers (a container's writable layer): name reservation with a
 //! placeholder before any driver work, per-name serialisation, counted mounts.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -8,13 +9,34 @@ use std::sync::{Arc, Mutex, PoisonError};
 use graphdriver::{CacheId, Change, CreateOpts, TarReader};
 use tracing::{info, warn};
 
-use super::graph::LayerMeta;
+use super::graph::{Busy, LayerMeta};
 use super::{Inner, RwOpts, blocking};
 use crate::digest::ChainId;
 use crate::error::{LayerStoreError, Result};
 use crate::metadata::{LayerDb, MountRecord, remove_any};
 use crate::name::RwName;
 use crate::types::{LayerInfo, RegisterOpts, RwInfo};
+
+/// The RW layers map: slots by name, plus the RW driver ids being created or
+/// deleted (see [`Busy`]), under one lock.
+#[derive(Default)]
+pub(crate) struct Mounts {
+    pub slots: HashMap<RwName, MountSlot>,
+    pub busy: Busy,
+}
+
+impl std::ops::Deref for Mounts {
+    type Target = HashMap<RwName, MountSlot>;
+    fn deref(&self) -> &Self::Target {
+        &self.slots
+    }
+}
+
+impl std::ops::DerefMut for Mounts {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.slots
+    }
+}
 
 pub(crate) enum MountSlot {
     /// Taken by a creation or removal in progress; readers treat it as absent.
@@ -78,11 +100,12 @@ impl Inner {
         }
     }
 
-    fn unreserve(&self, name: &RwName) {
+    fn unreserve(&self, name: &RwName, ids: &[CacheId]) {
         let mut m = self.mounts.lock();
         if matches!(m.get(name), Some(MountSlot::Reserved)) {
             m.remove(name);
         }
+        m.busy.unmark(ids);
     }
 
     pub(super) async fn create_rw(
@@ -91,29 +114,38 @@ impl Inner {
         parent: Option<&ChainId>,
         opts: RwOpts,
     ) -> Result<RwInfo> {
+        let mount_id = CacheId::random();
+        let ids = [mount_id.clone(), mount_id.init()];
         {
             let mut m = self.mounts.lock();
             if m.contains_key(name) {
                 return Err(LayerStoreError::NameInUse(name.to_string()));
             }
             m.insert(name.clone(), MountSlot::Reserved);
+            m.busy.mark(&ids);
         }
         let parent = match parent.map(|p| self.layers.lock().pin_rw(p)).transpose() {
             Ok(p) => p,
             Err(e) => {
-                self.unreserve(name);
+                self.unreserve(name, &ids);
                 return Err(e);
             }
         };
-        match self.create_rw_pinned(name, parent.clone(), opts).await {
+        match self.create_rw_pinned(name, mount_id, parent.clone(), opts).await {
             Ok(entry) => {
                 let info = entry.info();
+                {
+                    // Publish and unmark in one critical section.
+                    let mut m = self.mounts.lock();
+                    m.insert(name.clone(), MountSlot::Ready(entry));
+                    m.busy.unmark(&ids);
+                }
                 info!(name = %name, "created rw layer");
                 Ok(info)
             }
             Err(e) => {
                 self.unpin_rw(parent.as_ref()).await;
-                self.unreserve(name);
+                self.unreserve(name, &ids);
                 Err(e)
             }
         }
@@ -122,12 +154,10 @@ impl Inner {
     async fn create_rw_pinned(
         &self,
         name: &RwName,
+        mount_id: CacheId,
         parent: Option<Arc<LayerMeta>>,
         opts: RwOpts,
     ) -> Result<Arc<RwEntry>> {
-        let mount_id = CacheId::random();
-        let init_for_busy = mount_id.init();
-        self.mark_busy(&[&mount_id, &init_for_busy]);
         let copts = CreateOpts { mount_label: opts.mount_label.clone(), ..CreateOpts::default() };
         let mut created: Vec<CacheId> = Vec::new();
         let res: Result<Option<CacheId>> = async {
@@ -169,7 +199,7 @@ impl Inner {
             Ok(init_id)
         }
         .await;
-        let entry = match res {
+        match res {
             Ok(init_id) => Ok(Arc::new(RwEntry {
                 name: name.clone(),
                 mount_id: mount_id.clone(),
@@ -187,13 +217,7 @@ impl Inner {
                 }
                 Err(e)
             }
-        };
-        if let Ok(e) = &entry {
-            // Published before unmarking, so `check` always sees the ids somewhere.
-            self.mounts.lock().insert(name.clone(), MountSlot::Ready(e.clone()));
         }
-        self.unmark_busy(&[&mount_id, &init_for_busy]);
-        entry
     }
 
     pub(super) async fn mount(&self, name: &RwName) -> Result<PathBuf> {
@@ -238,19 +262,17 @@ impl Inner {
 
     pub(super) async fn release_rw(self: &Arc<Self>, name: &RwName) -> Result<()> {
         let key = self.name_keys.lock(name).await;
-        let e = {
+        let e = self.rw_entry(name)?;
+        let ids: Vec<CacheId> = std::iter::once(e.mount_id.clone()).chain(e.init_id.clone()).collect();
+        {
             let mut m = self.mounts.lock();
-            match m.get(name) {
-                Some(MountSlot::Ready(e)) => {
-                    let e = e.clone();
-                    m.insert(name.clone(), MountSlot::Reserved);
-                    e
-                }
-                _ => return Err(LayerStoreError::RwNotFound(name.to_string())),
-            }
-        };
+            m.busy.mark(&ids);
+            m.insert(name.clone(), MountSlot::Reserved);
+        }
         let restore = |inner: &Inner| {
-            inner.mounts.lock().insert(name.clone(), MountSlot::Ready(e.clone()));
+            let mut m = inner.mounts.lock();
+            m.insert(name.clone(), MountSlot::Ready(e.clone()));
+            m.busy.unmark(&ids);
         };
         while e.mounts.load(Ordering::SeqCst) > 0 {
             if let Err(err) = self.driver.put(&e.mount_id).await {
@@ -268,19 +290,17 @@ impl Inner {
                 return Err(err);
             }
         };
-        let ids: Vec<CacheId> = std::iter::once(e.mount_id.clone()).chain(e.init_id.clone()).collect();
-        self.mark_busy(&ids.iter().collect::<Vec<_>>());
         self.mounts.lock().remove(name);
         drop(key);
         info!(name = %name, "removed rw layer");
-        let (driver, busy) = (self.driver.clone(), self.busy.clone());
+        let inner = self.clone();
         self.defer(async move {
             for id in &ids {
-                if let Err(err) = driver.remove(id).await {
+                if let Err(err) = inner.driver.remove(id).await {
                     warn!(id = %id, error = %err, "removing rw layer's driver dir failed");
                 }
             }
-            super::unmark(&busy, &ids.iter().collect::<Vec<_>>());
+            inner.mounts.lock().busy.unmark(&ids);
             let _ = blocking(move || remove_any(&trashed)).await;
         })
         .await;

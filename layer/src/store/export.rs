@@ -1,0 +1,142 @@
+//! Export: a layer's exact original tar, rebuilt from its tar-split record
+//! and the files on disk, verified against the DiffID while streaming.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, sync_channel};
+
+use graphdriver::{CacheId, IoContext, TarReader};
+
+use super::{Inner, blocking};
+use crate::digest::{ChainId, VerifyingReader};
+use crate::error::{LayerStoreError, Result};
+use crate::tarsplit::{Assembler, DirGetter};
+
+impl Inner {
+    pub(super) async fn tar_stream(self: &Arc<Self>, chain: &ChainId) -> Result<TarReader> {
+        let meta = {
+            let g = self.layers.lock();
+            g.get(chain).map(|(m, _)| m.clone()).ok_or_else(|| LayerStoreError::LayerNotFound(chain.to_string()))?
+        };
+        let (dir, put) = match self.driver.diff_getter(&meta.cache_id).await? {
+            Some(dir) => (dir, None),
+            None => {
+                let dir = self.driver.get(&meta.cache_id, "").await?;
+                (dir, Some(PutOnDrop { driver: self.driver.clone(), id: meta.cache_id.clone() }))
+            }
+        };
+        let path = self.db.tar_split_path(chain);
+        let file = blocking(move || Ok(File::open(&path).ctx("open", &path)?)).await?;
+        let asm = Assembler::new(Box::new(file), DirGetter::new(dir));
+        // Two stages on two threads, like `tar -c | consumer`: the assembler
+        // (file reads, CRC-64) runs ahead while the reader verifies SHA-256.
+        let verified = VerifyingReader::new(Pipelined::spawn(asm), meta.diff_id.0.clone());
+        Ok(Box::new(Guarded { inner: verified, _put: put }))
+    }
+}
+
+/// Runs a reader on its own thread, a few chunks ahead of the consumer.
+/// Dropping it stops the thread at its next send.
+struct Pipelined {
+    rx: Receiver<io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl Pipelined {
+    const CHUNK: usize = 256 * 1024;
+
+    fn spawn<R: Read + Send + 'static>(mut src: R) -> Self {
+        let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(4);
+        std::thread::spawn(move || {
+            loop {
+                let mut chunk = vec![0u8; Self::CHUNK];
+                let mut filled = 0;
+                let res = loop {
+                    match src.read(&mut chunk[filled..]) {
+                        Ok(0) => break Ok(()),
+                        Ok(n) => {
+                            filled += n;
+                            if filled == chunk.len() {
+                                break Ok(());
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => break Err(e),
+                    }
+                };
+                chunk.truncate(filled);
+                let last = filled < Self::CHUNK;
+                if filled > 0 && tx.send(Ok(chunk)).is_err() {
+                    return;
+                }
+                if let Err(e) = res {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+                if last {
+                    return;
+                }
+            }
+        });
+        Pipelined { rx, buf: Vec::new(), pos: 0, done: false }
+    }
+}
+
+impl Read for Pipelined {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos >= self.buf.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Ok(b)) => {
+                    self.buf = b;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                Err(_) => {
+                    self.done = true;
+                    return Ok(0);
+                }
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Calls the driver's `put` when an export that needed `get` is dropped.
+struct PutOnDrop {
+    driver: Arc<dyn graphdriver::Driver>,
+    id: CacheId,
+}
+
+impl Drop for PutOnDrop {
+    fn drop(&mut self) {
+        let (driver, id) = (self.driver.clone(), self.id.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = driver.put(&id).await;
+            });
+        }
+    }
+}
+
+struct Guarded<R> {
+    inner: R,
+    _put: Option<PutOnDrop>,
+}
+
+impl<R: Read> Read for Guarded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
