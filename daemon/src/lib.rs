@@ -12,6 +12,11 @@
 //!   aborts the response rather than ending it cleanly.
 //! - [`server::error`] is the one place an [`graphdriver::ErrorKind`] becomes an
 //!   HTTP status; 5xx bodies stay generic, the detail goes to the log.
+//! - One route table ([`server::routes::routes`]) builds the router and is
+//!   what the tests hold the checked-in OpenAPI document (`openapi.json`,
+//!   served at `/v1/openapi.json`) against, so neither can change alone.
+//! - Metrics ([`server::metrics`]) label requests by route template, never by
+//!   raw path, and read the store's own lock histograms at scrape time.
 
 pub mod api;
 pub mod cli;

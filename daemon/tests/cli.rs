@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+mod support;
+use support::exposition;
+
 const LAYERD: &str = env!("CARGO_BIN_EXE_layerd");
 const LAYERCTL: &str = env!("CARGO_BIN_EXE_layerctl");
 const UNKNOWN: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000001";
@@ -138,6 +141,8 @@ fn spawn_layerd_with(root: &Path, socket: &Path, extra: &[&str]) -> Child {
         .args(["--root", root.to_str().unwrap(), "--socket", socket.to_str().unwrap(), "--driver", "vfs"])
         .args(["--log-level", "warn"])
         .args(extra)
+        // Hermetic: never pick up the host's /etc/layerd/config.toml.
+        .env("LAYERD_CONFIG", "/dev/null")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -186,6 +191,8 @@ fn ctl_with(host: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
 
 struct Reply {
     status: u16,
+    /// The status line and headers, lower case.
+    head: String,
     body: Vec<u8>,
 }
 
@@ -227,7 +234,7 @@ fn parse_reply(raw: &[u8]) -> std::io::Result<Reply> {
     if head.contains("transfer-encoding: chunked") {
         body = dechunk(&body).ok_or_else(|| bad("bad or truncated chunked body"))?;
     }
-    Ok(Reply { status, body })
+    Ok(Reply { status, head, body })
 }
 
 fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
@@ -763,4 +770,315 @@ fn tcp_needs_the_bearer_token() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Stderr of a successful layerctl run: must be empty when it is a pipe.
+fn quiet(out: &Output, what: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what}: {err}");
+    assert!(!out.stderr.contains(&0x1b), "{what}: escape codes on a piped stderr: {err:?}");
+    assert!(out.stderr.is_empty(), "{what}: unexpected stderr: {err:?}");
+}
+
+#[test]
+fn transfers_show_no_progress_when_stderr_is_not_a_terminal() {
+    let d = Daemon::start();
+    let work = tempfile::tempdir().unwrap();
+    let tar = make_tar(&[("big.bin", &big_content(1 << 20))]);
+    let f = write_file(work.path(), "p.tar", &tar);
+    let out = d.ctl(&["layer", "import", f.to_str().unwrap()]);
+    quiet(&out, "import FILE");
+    let chain = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    quiet(&ctl_with(&d.host(), &["layer", "import", "-"], Some(&tar)), "import -");
+    let exported = work.path().join("e.tar");
+    quiet(&d.ctl(&["layer", "export", &chain, "-o", exported.to_str().unwrap()]), "export -o");
+    let out = d.ctl(&["layer", "export", &chain]);
+    quiet(&out, "export to stdout");
+    assert!(out.stdout == tar);
+    d.ok(&["rw", "create", "p", "--parent", &chain]);
+    let path = PathBuf::from(d.ok(&["rw", "mount", "p"]).trim());
+    std::fs::write(path.join("new.txt"), b"new").unwrap();
+    quiet(&d.ctl(&["rw", "diff", "p", "-o", work.path().join("d.tar").to_str().unwrap()]), "rw diff -o");
+}
+
+#[test]
+fn info_shows_the_driver_status_counts_and_size() {
+    let d = Daemon::start();
+    let work = tempfile::tempdir().unwrap();
+    let f = write_file(work.path(), "i.tar", &make_tar(&[("a", &big_content(5000))]));
+    let chain = d.ok(&["layer", "import", f.to_str().unwrap()]).trim().to_owned();
+    d.ok(&["rw", "create", "i", "--parent", &chain]);
+    let info = d.json(&["info", "--format", "json"]);
+    assert_eq!(info["layers"], json!(1));
+    assert_eq!(info["rw_layers"], json!(1));
+    let size = info["layers_size"].as_u64().unwrap();
+    assert!(size >= 5000, "{info}");
+    let status = info["driver_status"].as_array().unwrap();
+    assert!(!status.is_empty(), "vfs reports its status: {info}");
+
+    let text = d.ok(&["info"]);
+    let row = |key: &str| -> String {
+        let line = text.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("no {key} in {text}"));
+        line[key.len()..].trim().to_owned()
+    };
+    assert_eq!(row("Driver:"), "vfs");
+    assert_eq!(row("Layers:"), "1");
+    assert_eq!(row("RW layers:"), "1");
+    assert_eq!(row("Layers size:"), daemon::cli::output::human_size(size));
+    assert_eq!(row("Root:"), d.root.display().to_string());
+    // The driver's status pairs, as an indented block in the driver's order.
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines.iter().position(|l| *l == "Driver status:").unwrap_or_else(|| panic!("{text}"));
+    for (i, pair) in status.iter().enumerate() {
+        let (k, v) = (pair[0].as_str().unwrap(), pair[1].as_str().unwrap());
+        let line = lines[at + 1 + i];
+        assert!(line.starts_with(&format!("  {k}:")) && line.ends_with(v), "{line:?} for {k}={v}");
+    }
+}
+
+#[test]
+fn metrics_parse_strictly_and_count_what_happened() {
+    let d = Daemon::start();
+    let work = tempfile::tempdir().unwrap();
+    let tar = make_tar(&[("m.txt", b"metrics"), ("big.bin", &big_content(300_000))]);
+    let f = write_file(work.path(), "m.tar", &tar);
+    let chain = d.ok(&["layer", "import", f.to_str().unwrap()]).trim().to_owned();
+    d.ok(&["rw", "create", "m", "--parent", &chain]);
+    assert!(d.ctl(&["layer", "export", &chain]).stdout == tar);
+    d.rejects(404, "GET", &format!("/v1/layers/{UNKNOWN}"), None, b"");
+    d.rejects(404, "GET", "/v1/nothing/here", None, b"");
+    let layers_size = d.json(&["info", "--format", "json"])["layers_size"].as_f64().unwrap();
+
+    let r = d.request("GET", "/metrics", None, b"");
+    assert_eq!(r.status, 200);
+    assert!(r.head.contains("content-type: application/openmetrics-text; version=1.0.0"), "{}", r.head);
+    let text = String::from_utf8(r.body).unwrap();
+    let m = exposition::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+
+    assert_eq!(m.value("layerd_layers", &[]), Some(1.0), "{text}");
+    assert_eq!(m.value("layerd_rw_layers", &[]), Some(1.0));
+    assert_eq!(m.value("layerd_layers_size_bytes", &[]), Some(layers_size));
+    assert_eq!(m.value("layerd_import_bytes_total", &[]), Some(tar.len() as f64));
+    assert_eq!(m.value("layerd_export_bytes_total", &[]), Some(tar.len() as f64));
+
+    let requests = |method, route, status| {
+        m.value("layerd_http_requests_total", &[("method", method), ("route", route), ("status", status)])
+    };
+    assert_eq!(requests("POST", "/v1/layers", "2xx"), Some(1.0));
+    assert_eq!(requests("POST", "/v1/rw", "2xx"), Some(1.0));
+    assert_eq!(requests("GET", "/v1/layers/{chain}/tar", "2xx"), Some(1.0));
+    assert_eq!(requests("GET", "/v1/layers/{chain}", "4xx"), Some(1.0));
+    assert_eq!(requests("GET", "unmatched", "4xx"), Some(1.0));
+    let duration = m.value(
+        "layerd_http_request_duration_seconds_count",
+        &[("method", "POST"), ("route", "/v1/layers"), ("status", "2xx")],
+    );
+    assert_eq!(duration, Some(1.0));
+    // Route labels are templates, never raw paths.
+    for f in &m.families {
+        for s in &f.samples {
+            if let Some(route) = s.labels.get("route") {
+                assert!(route == "unmatched" || !route.contains("sha256") && !route.contains("nothing"), "{route}");
+            }
+        }
+    }
+
+    for (family, kind) in [
+        ("layerd_lock_wait_seconds", "histogram"),
+        ("layerd_lock_hold_seconds", "histogram"),
+        ("layerd_http_request_duration_seconds", "histogram"),
+        ("layerd_http_requests", "counter"),
+        ("layerd_store_key_entries", "gauge"),
+    ] {
+        assert_eq!(m.family(family).map(|f| f.kind.as_str()), Some(kind), "{family}");
+    }
+    for lock in ["layers_map", "mounts_map", "chain_keys", "name_keys"] {
+        for family in ["layerd_lock_wait_seconds", "layerd_lock_hold_seconds"] {
+            let count = m.value(&format!("{family}_count"), &[("lock", lock)]);
+            assert!(count.is_some(), "{family}{{lock={lock}}} missing");
+            if lock.ends_with("_map") {
+                assert!(count.is_some_and(|c| c > 0.0), "{family}{{lock={lock}}}: {count:?}");
+            }
+            let inf = m.value(&format!("{family}_bucket"), &[("lock", lock), ("le", "+Inf")]);
+            assert_eq!(inf, count);
+        }
+    }
+    for kind in ["chain_keys", "name_keys", "flights"] {
+        assert_eq!(m.value("layerd_store_key_entries", &[("kind", kind)]), Some(0.0), "idle store: {kind}");
+    }
+}
+
+#[test]
+fn the_served_openapi_document_is_the_checked_in_one_and_every_operation_answers() {
+    let d = Daemon::start();
+    let r = d.request("GET", "/v1/openapi.json", None, b"");
+    assert_eq!(r.status, 200);
+    assert!(r.head.contains("content-type: application/json"), "{}", r.head);
+    let checked_in = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json")).unwrap();
+    assert!(r.body == checked_in, "the daemon serves another document than daemon/openapi.json");
+    let doc: Value = serde_json::from_slice(&r.body).unwrap();
+
+    // Call every documented operation on things that do not exist: each must
+    // reach its handler (no 405, no "no such endpoint") and answer a status
+    // the document lists for it.
+    let mut calls = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap().iter().filter(|(k, _)| *k != "parameters") {
+            let method = method.to_uppercase();
+            let concrete = path.replace("{chain}", UNKNOWN).replace("{name}", "openapi-probe");
+            let json_body = op["requestBody"]["content"].get("application/json").is_some();
+            let (ct, body): (Option<&str>, &[u8]) =
+                if json_body { (Some("application/json"), b"{}") } else { (None, b"") };
+            let r = d.request(&method, &concrete, ct, body);
+            let text = String::from_utf8_lossy(&r.body);
+            assert_ne!(r.status, 405, "{method} {path}: {text}");
+            if r.status == 404 {
+                let v: Value = serde_json::from_slice(&r.body).unwrap();
+                let msg = v["message"].as_str().unwrap();
+                assert!(!msg.starts_with("no such endpoint"), "{method} {path} is documented but not routed");
+            }
+            assert!(
+                op["responses"].get(r.status.to_string()).is_some(),
+                "{method} {path} answered {}, which the document does not list: {text}",
+                r.status
+            );
+            if r.status >= 400 {
+                let v: Value = serde_json::from_slice(&r.body).unwrap_or_else(|_| panic!("{method} {path}: {text}"));
+                assert!(v["message"].is_string(), "{method} {path}: {text}");
+            }
+            calls += 1;
+        }
+    }
+    assert!(calls >= 20, "{calls}");
+    assert_eq!(d.json(&["layer", "ls", "--format", "json"]), json!([]));
+    assert_eq!(d.json(&["rw", "ls", "--format", "json"]), json!([]));
+}
+
+#[test]
+fn check_reports_repairs_and_verifies() {
+    let d = Daemon::start();
+    let work = tempfile::tempdir().unwrap();
+    let f = write_file(work.path(), "c.tar", &make_tar(&[("big.bin", &big_content(1 << 20))]));
+    let chain = d.ok(&["layer", "import", f.to_str().unwrap()]).trim().to_owned();
+    d.ok(&["rw", "create", "c1", "--parent", &chain]);
+    assert_eq!(d.ok(&["check"]), "1 layers, 1 rw layers checked: no problems\n");
+    let report = d.json(&["check", "--format", "json"]);
+    assert_eq!(report, json!({"layers_checked": 1, "rw_layers_checked": 1, "problems": []}));
+
+    // An orphaned driver dir and a stray layerdb entry: reported, exit 1.
+    let orphan = "ab".repeat(32);
+    let orphan_dir = d.root.join("vfs/dir").join(&orphan);
+    std::fs::create_dir_all(orphan_dir.join("etc")).unwrap();
+    let stray = d.root.join("image/vfs/layerdb/sha256").join("cd".repeat(32));
+    std::fs::create_dir_all(&stray).unwrap();
+    std::fs::write(stray.join("diff"), b"sha256:nothing").unwrap();
+    let out = d.ctl(&["check"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines.iter().any(|l| l.starts_with(&format!("orphaned_driver_dir {orphan}: ")) && !l.ends_with("[repaired]"))
+    );
+    assert!(lines.iter().any(|l| l.starts_with(&format!("stray_layerdb_entry {}: ", stray.display()))), "{text}");
+    assert_eq!(lines[2], "1 layers, 1 rw layers checked: 2 problems");
+    let out = d.ctl(&["check", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["problems"].as_array().unwrap().len(), 2);
+    assert!(report["problems"].as_array().unwrap().iter().all(|p| p["repaired"] == json!(false)));
+
+    // --repair fixes both: exit 0, and a later check is clean.
+    let out = d.ctl(&["check", "--repair"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(text.lines().filter(|l| l.ends_with(" [repaired]")).count(), 2, "{text}");
+    assert!(text.ends_with("1 layers, 1 rw layers checked: 2 problems, 2 repaired\n"), "{text}");
+    assert!(!orphan_dir.exists() && !stray.exists());
+    assert_eq!(d.ok(&["check"]), "1 layers, 1 rw layers checked: no problems\n");
+
+    // Damaged content is found only with --verify, and never "repaired".
+    let cache_id = d.json(&["layer", "inspect", &chain])["cache_id"].as_str().unwrap().to_owned();
+    let stored = d.root.join("vfs/dir").join(cache_id).join("big.bin");
+    let mut data = std::fs::read(&stored).unwrap();
+    data[1000] ^= 0xff;
+    std::fs::write(&stored, data).unwrap();
+    assert_eq!(d.ok(&["check"]), "1 layers, 1 rw layers checked: no problems\n");
+    for args in [&["check", "--verify"][..], &["check", "--verify", "--repair"]] {
+        let out = d.ctl(args);
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {text}");
+        assert!(text.starts_with(&format!("content_mismatch {chain}: ")), "{text}");
+        assert!(!text.lines().next().unwrap().ends_with("[repaired]"), "{text}");
+    }
+    assert!(stored.exists(), "a damaged layer is never deleted");
+
+    // The route takes its options as JSON, or no body at all.
+    let r = d.request("POST", "/v1/check", None, b"");
+    assert_eq!(r.status, 200);
+    let r = d.request("POST", "/v1/check", Some("application/json"), br#"{"repair":false}"#);
+    assert_eq!(r.status, 200);
+    d.rejects(400, "POST", "/v1/check", Some("application/json"), b"{nope");
+    d.rejects(422, "POST", "/v1/check", Some("application/json"), br#"{"repair":"yes"}"#);
+    d.rejects(415, "POST", "/v1/check", Some("text/plain"), b"{}");
+    d.rejects(415, "POST", "/v1/check", None, b"{}");
+    d.rejects(405, "GET", "/v1/check", None, b"");
+}
+
+#[test]
+fn a_config_file_supplies_the_flags_and_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    // Paths relative to the file's directory.
+    let cfg = write_file(
+        dir.path(),
+        "layerd.toml",
+        b"# layerd settings\nroot = \"data\"\nsocket = \"run/cfg.sock\"\ndriver = \"vfs\"\nlog_level = \"warn\"\n",
+    );
+    let spawn = |extra: &[&str]| {
+        Command::new(LAYERD)
+            .arg("--config")
+            .arg(&cfg)
+            .args(extra)
+            .env_remove("LAYERD_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let root = dir.path().join("data");
+    let socket = dir.path().join("run/cfg.sock");
+    let mut d = Daemon { child: Some(spawn(&[])), root: root.clone(), socket: socket.clone(), _dir: None };
+    d.wait_ready();
+    let info = d.json(&["info", "--format", "json"]);
+    assert_eq!(info["root"], json!(root.to_str().unwrap()));
+    assert_eq!(info["driver"], json!("vfs"));
+    assert!(d.terminate().success());
+
+    let flag_socket = dir.path().join("flag.sock");
+    let mut d = Daemon {
+        child: Some(spawn(&["--socket", flag_socket.to_str().unwrap()])),
+        root: root.clone(),
+        socket: flag_socket.clone(),
+        _dir: None,
+    };
+    d.wait_ready();
+    assert!(!socket.exists(), "the file's socket was used although --socket was given");
+    assert!(d.terminate().success());
+
+    // A typo is an error naming the key, before anything is touched.
+    let fresh_root = dir.path().join("never");
+    let bad = write_file(
+        dir.path(),
+        "bad.toml",
+        format!("root = \"{}\"\nsokcet = \"/tmp/x.sock\"\n", fresh_root.display()).as_bytes(),
+    );
+    let out = Command::new(LAYERD).arg("--config").arg(&bad).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("unknown field") && err.contains("sokcet") && err.contains("bad.toml"), "{err}");
+    assert!(!fresh_root.exists());
+    let out = Command::new(LAYERD).arg("--config").arg(dir.path().join("missing.toml")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
 }

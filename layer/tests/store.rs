@@ -656,3 +656,20 @@ async fn tar_streams_are_stable_across_unrelated_changes() {
     assert_eq!(export(&store, &child.chain_id).await.unwrap(), first);
     assert_eq!(export(&store, &base.chain_id).await.unwrap(), t);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_wait_and_hold_times_are_recorded_for_every_lock() {
+    let env = Env::new();
+    let store = env.open().await;
+    let l = register(&store, &tar_of(&[("a", b"a")]), None).await;
+    let name = RwName::parse("m").unwrap();
+    store.create_rw(&name, Some(&l.chain_id), RwOpts::default()).await.unwrap();
+    store.mount(&name).await.unwrap();
+    store.release_rw(&name).await.unwrap();
+    store.release(&l.chain_id).await.unwrap();
+    for s in store.lock_stats().all {
+        let (_, _, waits) = s.wait.snapshot();
+        let (_, _, holds) = s.hold.snapshot();
+        assert!(waits > 0 && waits == holds, "{}: {waits} waits, {holds} holds", s.name);
+    }
+}

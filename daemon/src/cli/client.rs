@@ -15,6 +15,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use indicatif::ProgressBar;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -27,6 +28,9 @@ use crate::api::ErrorBody;
 pub const DEFAULT_HOST: &str = "unix:///run/layerd/layerd.sock";
 
 pub type ReqBody = UnsyncBoxBody<Bytes, io::Error>;
+
+/// Bytes read per chunk of an upload.
+const UPLOAD_CHUNK: usize = 64 * 1024;
 
 /// Why a command failed; each maps to an exit code.
 #[derive(Debug, thiserror::Error)]
@@ -165,7 +169,7 @@ impl Client {
         R: AsyncRead + Send + 'static,
         T: DeserializeOwned,
     {
-        let stream = ReaderStream::new(reader).map_ok(Frame::data);
+        let stream = ReaderStream::with_capacity(reader, UPLOAD_CHUNK).map_ok(Frame::data);
         let body = BodyExt::boxed_unsync(StreamBody::new(stream));
         let resp = self.send(Method::POST, path, Some("application/x-tar"), body).await?;
         read_json(resp).await
@@ -177,9 +181,14 @@ impl Client {
     }
 }
 
-/// Copy a streamed body into `out`. Fails if the body breaks off, which is
-/// how the daemon reports an error after the head was sent.
-pub async fn copy_body<W: AsyncWrite + Unpin>(resp: Response<Incoming>, out: &mut W) -> CliResult<u64> {
+/// Copy a streamed body into `out`, advancing `progress`. Fails if the body
+/// breaks off, which is how the daemon reports an error after the head was
+/// sent.
+pub async fn copy_body<W: AsyncWrite + Unpin>(
+    resp: Response<Incoming>,
+    out: &mut W,
+    progress: &ProgressBar,
+) -> CliResult<u64> {
     let mut body = resp.into_body();
     let mut total = 0u64;
     while let Some(frame) = body.frame().await {
@@ -187,6 +196,7 @@ pub async fn copy_body<W: AsyncWrite + Unpin>(resp: Response<Incoming>, out: &mu
         if let Ok(data) = frame.into_data() {
             out.write_all(&data).await.map_err(|e| CliError::other("write output", e))?;
             total += data.len() as u64;
+            progress.inc(data.len() as u64);
         }
     }
     out.flush().await.map_err(|e| CliError::other("write output", e))?;

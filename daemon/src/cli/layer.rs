@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio::task::JoinSet;
 
 use super::client::{CliError, CliResult, Client, copy_body, encode};
-use super::{Format, LayerCmd, from_value, output, print_json};
+use super::{Format, LayerCmd, from_value, output, print_json, progress};
 use crate::api::DeletedResponse;
 
 pub async fn run(client: &Client, cmd: LayerCmd) -> CliResult<ExitCode> {
@@ -40,11 +40,14 @@ pub fn import_path(parent: Option<&str>, diff_id: Option<&str>) -> String {
 async fn import(client: &Client, parent: Option<String>, diff_id: Option<String>, file: &Path) -> CliResult<()> {
     let path = import_path(parent.as_deref(), diff_id.as_deref());
     let v: Value = if file == Path::new("-") {
-        client.upload(&path, tokio::io::stdin()).await?
+        let bar = progress::transfer("import", None);
+        client.upload(&path, bar.wrap_async_read(tokio::io::stdin())).await?
     } else {
         let f =
             tokio::fs::File::open(file).await.map_err(|e| CliError::other(&format!("open {}", file.display()), e))?;
-        client.upload(&path, f).await?
+        let len = f.metadata().await.ok().filter(std::fs::Metadata::is_file).map(|m| m.len());
+        let bar = progress::transfer("import", len);
+        client.upload(&path, bar.wrap_async_read(f)).await?
     };
     let info: LayerInfo = from_value(v)?;
     println!("{}", info.chain_id);
@@ -116,15 +119,17 @@ async fn rm(client: &Client, chains: Vec<String>) -> ExitCode {
 /// whole tar arrived, so a failed transfer leaves nothing behind.
 pub async fn save(client: &Client, path: &str, output: Option<&Path>) -> CliResult<()> {
     let resp = client.open(path).await?;
+    let len = resp.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+    let bar = progress::transfer("export", len);
     let Some(file) = output.filter(|f| *f != Path::new("-")) else {
         let mut out = tokio::io::stdout();
-        copy_body(resp, &mut out).await?;
+        copy_body(resp, &mut out, &bar).await?;
         return Ok(());
     };
     let tmp = partial_name(file);
     let mut out =
         tokio::fs::File::create(&tmp).await.map_err(|e| CliError::other(&format!("create {}", tmp.display()), e))?;
-    let copied = copy_body(resp, &mut out).await;
+    let copied = copy_body(resp, &mut out, &bar).await;
     let synced = match copied {
         Ok(_) => out.sync_all().await.map_err(|e| CliError::other(&format!("write {}", tmp.display()), e)),
         Err(e) => Err(e),

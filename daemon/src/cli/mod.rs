@@ -5,9 +5,11 @@
 //! `layerctl: <message>`; with `--format json` stdout carries exactly the JSON
 //! the API returned.
 
+pub mod check;
 pub mod client;
 pub mod layer;
 pub mod output;
+pub mod progress;
 pub mod rw;
 
 use std::path::PathBuf;
@@ -43,6 +45,17 @@ pub enum Command {
     Rw(RwCmd),
     /// Show the store's root, driver and counts.
     Info {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Check the store against the disk; exit 1 if a problem remains.
+    Check {
+        /// Fix what is safe to fix (orphaned driver dirs, stray metadata).
+        #[arg(long)]
+        repair: bool,
+        /// Also read every layer and verify its content against its DiffID.
+        #[arg(long)]
+        verify: bool,
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
@@ -160,13 +173,16 @@ pub fn main() -> ExitCode {
 }
 
 /// Run one command. `Ok` carries the exit code of a command that reports
-/// per-item failures itself (`rm`).
+/// failures in its output itself (`rm`, `check`).
 pub async fn run(cli: Cli) -> CliResult<ExitCode> {
     let client = Client::from_host(&cli.host, token(cli.token_file.as_deref())?)?;
     match cli.command {
         Command::Layer(cmd) => layer::run(&client, cmd).await,
         Command::Rw(cmd) => rw::run(&client, cmd).await,
         Command::Info { format } => info(&client, format).await.map(|()| ExitCode::SUCCESS),
+        Command::Check { repair, verify, format } => {
+            check::run(&client, ::layer::CheckOpts { repair, verify_content: verify }, format).await
+        }
     }
 }
 
@@ -253,6 +269,14 @@ mod tests {
         assert_eq!(cli.host, "unix:///tmp/s");
         assert!(matches!(cli.command, Command::Rw(RwCmd::Rm { names }) if names.len() == 2));
         assert!(parse(&["info", "--host", "unix:///x"]).is_ok());
+        assert!(matches!(
+            parse(&["check", "--repair", "--verify", "--format", "json"]).unwrap().command,
+            Command::Check { repair: true, verify: true, format: Format::Json }
+        ));
+        assert!(matches!(
+            parse(&["check"]).unwrap().command,
+            Command::Check { repair: false, verify: false, format: Format::Table }
+        ));
     }
 
     #[test]

@@ -5,6 +5,8 @@
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use bytes::Bytes;
 use layer::{ChainId, RwName};
 use serde::de::DeserializeOwned;
 
@@ -70,5 +72,28 @@ impl<S: Send + Sync> FromRequestParts<S> for NamePath {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let s = path_string(parts, state).await?;
         RwName::parse(&s).map(NamePath).map_err(|e| ApiError::bad_request(e.to_string()))
+    }
+}
+
+/// Like [`ApiJson`], but a request with neither a body nor a
+/// `Content-Type` gets `T::default()`.
+pub struct JsonOrDefault<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for JsonOrDefault<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if req.headers().contains_key(header::CONTENT_TYPE) {
+            return ApiJson::<T>::from_request(req, state).await.map(|ApiJson(v)| JsonOrDefault(v));
+        }
+        let body = Bytes::from_request(req, state).await.map_err(|rej| ApiError::new(rej.status(), rej.body_text()))?;
+        if body.is_empty() {
+            Ok(JsonOrDefault(T::default()))
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Expected request with `Content-Type: application/json`",
+            ))
+        }
     }
 }

@@ -25,7 +25,7 @@ pub async fn register(
 ) -> ApiResult<(StatusCode, Json<LayerInfo>)> {
     let opts = register_opts(&query)?;
     tracing::debug!(parent = ?opts.parent, diff_id = ?opts.diff_id, "register");
-    let reader = body_reader(body);
+    let reader = body_reader(body, state.metrics.imported.clone());
     let store = state.store.clone();
     let info = state.detached(async move { Ok(store.register(reader, opts).await?) }).await?;
     tracing::info!(chain_id = %info.chain_id, "layer registered");
@@ -52,7 +52,7 @@ pub async fn inspect(State(state): State<AppState>, ChainPath(chain): ChainPath)
 
 pub async fn tar(State(state): State<AppState>, ChainPath(chain): ChainPath) -> ApiResult<Response> {
     let reader = state.store.tar_stream(&chain).await?;
-    Ok(tar_response(reader))
+    Ok(tar_response(reader, state.metrics.exported.clone()))
 }
 
 /// Drop the reference a registration gave. Answers the layers this freed.

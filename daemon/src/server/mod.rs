@@ -6,18 +6,22 @@
 //! accepting, let in-flight requests and tracked store tasks finish, shut the
 //! store down, remove the socket.
 
+pub mod config;
 pub mod driver;
 pub mod error;
 pub mod extract;
 pub mod layers;
+pub mod metrics;
+pub mod openapi;
 pub mod routes;
 pub mod rw;
 pub mod socket;
 pub mod stream;
+pub mod system;
 pub mod tcp;
 pub mod trace;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -29,10 +33,16 @@ use tokio_util::sync::CancellationToken;
 pub use driver::DriverSpec;
 pub use routes::{AppState, router};
 
-/// Command-line flags of `layerd`.
+/// Command-line flags of `layerd`; [`Config::load_from`] merges the config
+/// file into them.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "layerd", version, about = "Serve a layer store over a REST API on a unix socket")]
 pub struct Config {
+    /// TOML file with the flags' values (keys: root, driver, socket, listen,
+    /// token_file, log_level); flags win. Default: /etc/layerd/config.toml
+    /// if it exists.
+    #[arg(long, value_name = "FILE", env = "LAYERD_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Data root: the store's metadata and the driver's layers live here.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/layerd")]
     pub root: PathBuf,
@@ -43,10 +53,10 @@ pub struct Config {
     #[arg(long, value_name = "PATH", default_value = "/run/layerd/layerd.sock")]
     pub socket: PathBuf,
     /// Also listen on TCP, e.g. tcp://127.0.0.1:2375. Requires --token-file.
-    #[arg(long, value_name = "tcp://HOST:PORT", requires = "token_file")]
+    #[arg(long, value_name = "tcp://HOST:PORT")]
     pub listen: Option<String>,
     /// File holding the bearer token every TCP request must carry.
-    #[arg(long, value_name = "FILE", requires = "listen")]
+    #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// Log filter: a level (error, warn, info, debug, trace) or env-filter directives.
     #[arg(long, value_name = "FILTER", env = "LAYERD_LOG", default_value = "info")]
@@ -55,7 +65,14 @@ pub struct Config {
 
 /// The `layerd` binary.
 pub fn main() -> ExitCode {
-    let config = Config::parse();
+    let config = match Config::load_from(std::env::args_os(), Path::new(config::DEFAULT_PATH)) {
+        Ok(c) => c,
+        Err(config::LoadError::Flags(e)) => e.exit(),
+        Err(config::LoadError::Config(e)) => {
+            eprintln!("layerd: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     if let Err(e) = trace::init(&config.log_level) {
         eprintln!("layerd: {e:#}");
         return ExitCode::from(2);
@@ -79,6 +96,7 @@ pub fn main() -> ExitCode {
 
 /// Open the store, serve until SIGTERM/SIGINT, shut down cleanly.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    config.validate()?;
     let token = config.token_file.as_deref().map(tcp::read_token).transpose()?;
     // Lock the root before the driver exists: its constructor cleans crash
     // leftovers in its home, which must never happen under a live daemon.
@@ -196,8 +214,10 @@ mod tests {
         assert_eq!(c.root, PathBuf::from("/r"));
         assert_eq!(c.driver, DriverSpec::Plugin("p".into()));
         assert!(Config::try_parse_from(["layerd", "--driver", "zfs"]).is_err());
-        assert!(Config::try_parse_from(["layerd", "--listen", "tcp://127.0.0.1:1"]).is_err(), "needs a token");
+        let c = Config::try_parse_from(["layerd", "--listen", "tcp://127.0.0.1:1"]).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("needs --token-file"));
         let c = Config::try_parse_from(["layerd", "--listen", "tcp://127.0.0.1:1", "--token-file", "/t"]).unwrap();
         assert_eq!(c.listen.as_deref(), Some("tcp://127.0.0.1:1"));
+        c.validate().unwrap();
     }
 }

@@ -1,18 +1,23 @@
-//! The router: every route of DESIGN §4 and the JSON fallbacks.
+//! The router: every route of DESIGN §4, built from one table ([`routes`])
+//! that the OpenAPI test also reads, so the served API and the checked-in
+//! document (`daemon/openapi.json`) cannot drift apart.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::handler::Handler;
 use axum::http::StatusCode;
 use axum::middleware;
-use axum::routing::{get, post};
-use axum::{Json, response::IntoResponse};
-use layer::{Store, StoreInfo};
+use axum::response::IntoResponse;
+use axum::routing::{MethodFilter, MethodRouter, on};
+use layer::Store;
 use tokio_util::task::TaskTracker;
 
 use super::error::{ApiError, ApiResult};
-use super::{layers, rw, stream, trace};
+use super::metrics::{self, Metrics};
+use super::{layers, openapi, rw, stream, system, trace};
 
 /// Largest JSON request body accepted. The tar upload has no limit: it is
 /// streamed into the store and never buffered.
@@ -25,11 +30,12 @@ pub struct AppState {
     /// Mutating store calls run as tracked tasks, so a client hanging up
     /// cannot cancel one half-way, and shutdown waits for them.
     pub tasks: TaskTracker,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
     pub fn new(store: Store) -> Self {
-        AppState { store, tasks: TaskTracker::new() }
+        AppState { metrics: Arc::new(Metrics::new(store.clone())), store, tasks: TaskTracker::new() }
     }
 
     /// Run `fut` to completion even if the request is dropped.
@@ -42,21 +48,86 @@ impl AppState {
     }
 }
 
+/// An HTTP method a route answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Verb {
+    Get,
+    Post,
+    Delete,
+}
+
+impl Verb {
+    /// The method's name, upper case.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Get => "GET",
+            Verb::Post => "POST",
+            Verb::Delete => "DELETE",
+        }
+    }
+
+    fn filter(self) -> MethodFilter {
+        match self {
+            Verb::Get => MethodFilter::GET,
+            Verb::Post => MethodFilter::POST,
+            Verb::Delete => MethodFilter::DELETE,
+        }
+    }
+}
+
+/// One row of the route table.
+pub struct Route {
+    pub verb: Verb,
+    /// The path template, axum syntax (`/v1/layers/{chain}`), which is also
+    /// OpenAPI's.
+    pub path: &'static str,
+    handler: MethodRouter<AppState>,
+}
+
+impl Route {
+    fn new<H, T>(verb: Verb, path: &'static str, handler: H) -> Route
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        Route { verb, path, handler: on(verb.filter(), handler) }
+    }
+}
+
+/// Every route the daemon serves.
+pub fn routes() -> Vec<Route> {
+    use Verb::{Delete, Get, Post};
+    vec![
+        Route::new(Get, "/v1/_ping", system::ping),
+        Route::new(Get, "/v1/info", system::info),
+        Route::new(Post, "/v1/check", system::check),
+        Route::new(Get, "/v1/openapi.json", openapi::serve),
+        Route::new(Get, "/metrics", metrics::serve),
+        Route::new(Get, "/v1/layers", layers::list),
+        Route::new(Post, "/v1/layers", layers::register),
+        Route::new(Get, "/v1/layers/{chain}", layers::inspect),
+        Route::new(Delete, "/v1/layers/{chain}", layers::release),
+        Route::new(Get, "/v1/layers/{chain}/tar", layers::tar),
+        Route::new(Get, "/v1/rw", rw::list),
+        Route::new(Post, "/v1/rw", rw::create),
+        Route::new(Post, "/v1/rw/delete", rw::bulk_delete),
+        Route::new(Get, "/v1/rw/{name}", rw::inspect),
+        Route::new(Delete, "/v1/rw/{name}", rw::release),
+        Route::new(Post, "/v1/rw/{name}/mount", rw::mount),
+        Route::new(Post, "/v1/rw/{name}/unmount", rw::unmount),
+        Route::new(Get, "/v1/rw/{name}/changes", rw::changes),
+        Route::new(Get, "/v1/rw/{name}/tar", rw::tar),
+        Route::new(Post, "/v1/rw/{name}/commit", rw::commit),
+    ]
+}
+
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/_ping", get(ping))
-        .route("/v1/info", get(info))
-        .route("/v1/layers", get(layers::list).post(layers::register))
-        .route("/v1/layers/{chain}", get(layers::inspect).delete(layers::release))
-        .route("/v1/layers/{chain}/tar", get(layers::tar))
-        .route("/v1/rw", get(rw::list).post(rw::create))
-        .route("/v1/rw/delete", post(rw::bulk_delete))
-        .route("/v1/rw/{name}", get(rw::inspect).delete(rw::release))
-        .route("/v1/rw/{name}/mount", post(rw::mount))
-        .route("/v1/rw/{name}/unmount", post(rw::unmount))
-        .route("/v1/rw/{name}/changes", get(rw::changes))
-        .route("/v1/rw/{name}/tar", get(rw::tar))
-        .route("/v1/rw/{name}/commit", post(rw::commit))
+    let mut router = Router::new();
+    for route in routes() {
+        // Routes on one path merge into one method router.
+        router = router.route(route.path, route.handler);
+    }
+    router
         .fallback(no_route)
         .method_not_allowed_fallback(bad_method)
         // Consulted by the JSON extractor only; the tar upload takes the raw
@@ -64,15 +135,8 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .layer(middleware::map_request(stream::drain_unread_bodies))
         .layer(middleware::from_fn(trace::trace_request))
+        .layer(middleware::from_fn_with_state(state.metrics.clone(), metrics::track))
         .with_state(state)
-}
-
-async fn ping() -> &'static str {
-    "OK"
-}
-
-async fn info(State(state): State<AppState>) -> Json<StoreInfo> {
-    Json(state.store.info().await)
 }
 
 async fn no_route(req: Request) -> ApiError {

@@ -28,6 +28,8 @@ use graphdriver::TarReader;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::mpsc;
 
+use super::metrics::ByteCounter;
+
 /// Bytes read per chunk of a streamed tar.
 const CHUNK: usize = 64 * 1024;
 /// Chunks buffered between the reading thread and the connection.
@@ -38,12 +40,16 @@ const CHANNEL_DEPTH: usize = 8;
 pub const DRAIN_LIMIT: u64 = 256 << 20;
 
 /// The request body as a blocking reader. Must be created inside the runtime
-/// and read outside of it (on the blocking pool), as the store does.
-pub fn body_reader(body: Body) -> TarReader {
+/// and read outside of it (on the blocking pool), as the store does. Every
+/// byte received is counted in `received`.
+pub fn body_reader(body: Body, received: ByteCounter) -> TarReader {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
     tokio::spawn(async move {
         let mut stream = body.into_data_stream();
         while let Some(item) = stream.next().await {
+            if let Ok(chunk) = &item {
+                received.inc_by(chunk.len() as u64);
+            }
             if tx.send(item.map_err(io::Error::other)).await.is_err() {
                 // The store stopped reading; dropping the body drains it.
                 return;
@@ -136,17 +142,18 @@ impl Drop for DrainOnDrop {
     }
 }
 
-/// A `200 application/x-tar` response streaming `reader`.
-pub fn tar_response(reader: TarReader) -> Response {
+/// A `200 application/x-tar` response streaming `reader`; every byte sent
+/// is counted in `sent`.
+pub fn tar_response(reader: TarReader, sent: ByteCounter) -> Response {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
-    tokio::task::spawn_blocking(move || pump(reader, &tx));
+    tokio::task::spawn_blocking(move || pump(reader, &tx, &sent));
     let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     ([(header::CONTENT_TYPE, "application/x-tar")], Body::from_stream(stream)).into_response()
 }
 
 /// Read `reader` to its end into `tx`; stops early when the receiver is gone
 /// (the client hung up). A read error is logged and forwarded.
-fn pump(mut reader: TarReader, tx: &mpsc::Sender<io::Result<Bytes>>) {
+fn pump(mut reader: TarReader, tx: &mpsc::Sender<io::Result<Bytes>>, sent: &ByteCounter) {
     loop {
         let mut buf = BytesMut::zeroed(CHUNK);
         match reader.read(&mut buf) {
@@ -157,6 +164,7 @@ fn pump(mut reader: TarReader, tx: &mpsc::Sender<io::Result<Bytes>>) {
                     tracing::debug!("client went away during a tar download");
                     return;
                 }
+                sent.inc_by(n as u64);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
@@ -195,21 +203,23 @@ mod tests {
     #[tokio::test]
     async fn a_whole_stream_arrives_intact() {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        let resp = tar_response(Box::new(io::Cursor::new(data.clone())));
+        let sent = ByteCounter::default();
+        let resp = tar_response(Box::new(io::Cursor::new(data.clone())), sent.clone());
         let got = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(got.as_ref(), data.as_slice());
+        assert_eq!(sent.get(), data.len() as u64);
     }
 
     #[tokio::test]
     async fn a_failing_stream_errors_the_body() {
-        let resp = tar_response(Box::new(Failing { good: vec![7; 100_000], pos: 0 }));
+        let resp = tar_response(Box::new(Failing { good: vec![7; 100_000], pos: 0 }), ByteCounter::default());
         assert!(resp.into_body().collect().await.is_err());
     }
 
     #[tokio::test]
     async fn a_body_error_reaches_the_reader() {
         let chunks: Vec<io::Result<Bytes>> = vec![Ok(Bytes::from_static(b"abc")), Err(io::Error::other("reset"))];
-        let mut reader = body_reader(Body::from_stream(futures_util::stream::iter(chunks)));
+        let mut reader = body_reader(Body::from_stream(futures_util::stream::iter(chunks)), ByteCounter::default());
         let got = tokio::task::spawn_blocking(move || {
             let mut v = Vec::new();
             reader.read_to_end(&mut v)
@@ -224,7 +234,8 @@ mod tests {
         let chunks: Vec<io::Result<Bytes>> =
             vec![Ok(Bytes::from_static(b"abc")), Ok(Bytes::new()), Ok(Bytes::from_static(b"defgh"))];
         let body = Body::from_stream(futures_util::stream::iter(chunks));
-        let mut reader = body_reader(body);
+        let received = ByteCounter::default();
+        let mut reader = body_reader(body, received.clone());
         let got = tokio::task::spawn_blocking(move || {
             let mut small = [0u8; 2];
             let n = reader.read(&mut small).unwrap();
@@ -235,5 +246,6 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(got, "abcdefgh");
+        assert_eq!(received.get(), 8);
     }
 }
