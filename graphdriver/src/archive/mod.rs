@@ -24,6 +24,7 @@ mod changes;
 mod export;
 pub mod fs;
 mod header;
+pub mod overlay;
 mod sparse;
 #[cfg(test)]
 mod testutil;

@@ -247,7 +247,10 @@ impl Inner {
         loop {
             let found = self.layers.lock().publish(&chain);
             match found {
-                Published::Removing(old) => self.finalize_locked(old).await,
+                Published::Removing(old) => {
+                    let done = self.unpublish_locked(old).await;
+                    self.delete_in_background(super::release::RwDirs::default(), done.into_iter().collect()).await;
+                }
                 Published::Existing(existing, refs) => {
                     if let Err(e) = self.persist_refs(&chain, refs).await {
                         self.layers.lock().set_refs(&chain, refs - 1);

@@ -1,9 +1,16 @@
 //! Deferred deletion: a release only unpublishes (map update, then a rename
 //! of the metadata dir into `trash/` under the layer's key lock); the driver
-//! dir and the trash are deleted in the background, off the request path.
+//! dirs and the trash are deleted in the background, off the request path.
+//!
+//! Everything one operation frees is deleted by one background task, in
+//! order — an RW layer's dirs first, then the freed layers child before
+//! parent — so a driver never sees a parent removed while its child's removal
+//! is still running. Independent releases run in parallel.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use graphdriver::CacheId;
 use tracing::{info, warn};
 
 use super::graph::LayerMeta;
@@ -11,6 +18,20 @@ use super::{Inner, blocking};
 use crate::digest::ChainId;
 use crate::error::Result;
 use crate::metadata::remove_any;
+
+/// An unpublished RW layer's driver dirs (ids marked busy in the mounts map)
+/// and its trashed metadata.
+#[derive(Default)]
+pub(super) struct RwDirs {
+    ids: Vec<CacheId>,
+    trashed: Option<PathBuf>,
+}
+
+/// An unpublished layer whose driver dir and trashed metadata remain to delete.
+pub(super) struct Unpublished {
+    meta: Arc<LayerMeta>,
+    trashed: Option<PathBuf>,
+}
 
 impl Inner {
     pub(super) async fn release(self: &Arc<Self>, chain: &ChainId) -> Result<Vec<ChainId>> {
@@ -21,46 +42,59 @@ impl Inner {
         self.persist_refs(chain, refs).await?;
         let freed = self.layers.lock().set_refs(chain, refs);
         let deleted: Vec<ChainId> = freed.iter().map(|m| m.chain_id.clone()).collect();
+        let mut done = Vec::with_capacity(freed.len());
         let mut rest = Vec::with_capacity(freed.len());
         for m in freed {
             if &m.chain_id == chain {
-                self.finalize_locked(m).await;
+                done.extend(self.unpublish_locked(m).await);
             } else {
                 rest.push(m);
             }
         }
         drop(key);
-        self.finalize_all(rest).await;
+        done.extend(self.unpublish_all(rest).await);
+        self.delete_in_background(RwDirs::default(), done).await;
         Ok(deleted)
     }
 
     pub(super) async fn unpin_child(self: &Arc<Self>, parent: Option<&Arc<LayerMeta>>) {
         if let Some(p) = parent {
             let freed = self.layers.lock().unpin_child(&p.chain_id);
-            self.finalize_all(freed).await;
+            let done = self.unpublish_all(freed).await;
+            self.delete_in_background(RwDirs::default(), done).await;
         }
     }
 
-    pub(super) async fn unpin_rw(self: &Arc<Self>, parent: Option<&Arc<LayerMeta>>) {
-        if let Some(p) = parent {
-            let freed = self.layers.lock().unpin_rw(&p.chain_id);
-            self.finalize_all(freed).await;
-        }
+    /// Drop an RW layer's pin on its parent, then delete the RW layer's
+    /// driver dirs (`rw_ids`, already unpublished) and whatever that freed.
+    pub(super) async fn unpin_rw(
+        self: &Arc<Self>,
+        parent: Option<&Arc<LayerMeta>>,
+        rw_ids: Vec<CacheId>,
+        rw_trash: Option<PathBuf>,
+    ) {
+        let freed = match parent {
+            Some(p) => self.layers.lock().unpin_rw(&p.chain_id),
+            None => Vec::new(),
+        };
+        let done = self.unpublish_all(freed).await;
+        self.delete_in_background(RwDirs { ids: rw_ids, trashed: rw_trash }, done).await;
     }
 
-    pub(super) async fn finalize_all(self: &Arc<Self>, freed: Vec<Arc<LayerMeta>>) {
+    pub(super) async fn unpublish_all(self: &Arc<Self>, freed: Vec<Arc<LayerMeta>>) -> Vec<Unpublished> {
+        let mut out = Vec::with_capacity(freed.len());
         for m in freed {
             let _key = self.chain_keys.lock(&m.chain_id).await;
-            self.finalize_locked(m).await;
+            out.extend(self.unpublish_locked(m).await);
         }
+        out
     }
 
-    /// Move a freed layer's metadata to the trash and forget it; its driver
-    /// dir and the trash go in the background. Caller holds the chain key.
-    /// A no-op if someone else finalized this layer already.
-    pub(super) async fn finalize_locked(self: &Arc<Self>, meta: Arc<LayerMeta>) {
+    /// Move a freed layer's metadata to the trash and forget it. Caller holds
+    /// the chain key. `None` if someone else unpublished it already.
+    pub(super) async fn unpublish_locked(self: &Arc<Self>, meta: Arc<LayerMeta>) -> Option<Unpublished> {
         if !self.layers.lock().is_removing(&meta) {
-            return;
+            return None;
         }
         let (db, chain) = (self.db.clone(), meta.chain_id.clone());
         let trashed = blocking(move || db.trash(&db.layer_dir(&chain))).await;
@@ -78,16 +112,40 @@ impl Inner {
             }
         };
         info!(chain_id = %meta.chain_id, "deleted layer");
+        Some(Unpublished { meta, trashed })
+    }
+
+    /// Delete an RW layer's dirs and unpublished layers, in that order, in
+    /// one background task.
+    pub(super) async fn delete_in_background(self: &Arc<Self>, rw: RwDirs, layers: Vec<Unpublished>) {
+        if rw.ids.is_empty() && rw.trashed.is_none() && layers.is_empty() {
+            return;
+        }
         let inner = self.clone();
         self.defer(async move {
-            if let Err(e) = inner.driver.remove(&meta.cache_id).await {
-                warn!(cache_id = %meta.cache_id, error = %e, "removing deleted layer's driver dir failed");
+            for id in &rw.ids {
+                if let Err(err) = inner.driver.remove(id).await {
+                    warn!(id = %id, error = %err, "removing rw layer's driver dir failed");
+                }
             }
-            inner.layers.lock().busy.unmark([&meta.cache_id]);
-            if let Some(t) = trashed
+            if !rw.ids.is_empty() {
+                inner.mounts.lock().busy.unmark(&rw.ids);
+            }
+            if let Some(t) = rw.trashed
                 && let Err(e) = blocking(move || remove_any(&t)).await
             {
                 warn!(error = %e, "emptying trash failed");
+            }
+            for u in layers {
+                if let Err(e) = inner.driver.remove(&u.meta.cache_id).await {
+                    warn!(cache_id = %u.meta.cache_id, error = %e, "removing deleted layer's driver dir failed");
+                }
+                inner.layers.lock().busy.unmark([&u.meta.cache_id]);
+                if let Some(t) = u.trashed
+                    && let Err(e) = blocking(move || remove_any(&t)).await
+                {
+                    warn!(error = %e, "emptying trash failed");
+                }
             }
         })
         .await;

@@ -144,7 +144,7 @@ impl Inner {
                 Ok(info)
             }
             Err(e) => {
-                self.unpin_rw(parent.as_ref()).await;
+                self.unpin_rw(parent.as_ref(), Vec::new(), None).await;
                 self.unreserve(name, &ids);
                 Err(e)
             }
@@ -293,18 +293,9 @@ impl Inner {
         self.mounts.lock().remove(name);
         drop(key);
         info!(name = %name, "removed rw layer");
-        let inner = self.clone();
-        self.defer(async move {
-            for id in &ids {
-                if let Err(err) = inner.driver.remove(id).await {
-                    warn!(id = %id, error = %err, "removing rw layer's driver dir failed");
-                }
-            }
-            inner.mounts.lock().busy.unmark(&ids);
-            let _ = blocking(move || remove_any(&trashed)).await;
-        })
-        .await;
-        self.unpin_rw(e.parent.as_ref()).await;
+        // The RW layer's dirs, then whatever its parent's release frees, in
+        // one background task in that order.
+        self.unpin_rw(e.parent.as_ref(), ids, Some(trashed)).await;
         Ok(())
     }
 }
