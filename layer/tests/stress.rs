@@ -154,11 +154,36 @@ async fn worker(store: Store, held: Arc<Mutex<Held>>, seed: u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn random_concurrent_operations_keep_every_invariant() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("root");
-    let driver = Arc::new(drivers::vfs::Vfs::new(root.join("vfs")).unwrap());
-    let store = Store::open(&root, driver).await.unwrap();
+async fn random_concurrent_operations_keep_every_invariant_on_vfs() {
+    let tmp = tempfile::Builder::new().prefix("layerd-stress").tempdir_in("/var/tmp").unwrap();
+    stress(tmp.path().join("root"), "vfs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_concurrent_operations_keep_every_invariant_on_overlay() {
+    let tmp = tempfile::Builder::new().prefix("layerd-stress").tempdir_in("/var/tmp").unwrap();
+    stress(tmp.path().join("root"), "overlay").await;
+    assert_no_mounts_under(tmp.path());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_concurrent_operations_keep_every_invariant_on_btrfs() {
+    let fs = drivers::testing::BtrfsLoop::new(1024).expect("a loop-mounted btrfs (root and btrfs-progs needed)");
+    stress(fs.path().join("root"), "btrfs").await;
+    fs.close().unwrap();
+}
+
+fn assert_no_mounts_under(dir: &std::path::Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let prefix = dir.display().to_string();
+    let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&prefix)).collect();
+    assert!(left.is_empty(), "mounts left behind: {left:?}");
+}
+
+async fn stress(root: std::path::PathBuf, driver_name: &str) {
+    let lock = layer::RootLock::acquire(&root).unwrap();
+    let driver = drivers::registry::open(driver_name, &root).unwrap();
+    let store = Store::open_locked(lock, driver, layer::StoreOptions::default()).await.unwrap();
     let held = Arc::new(Mutex::new(Held::default()));
     let mut tasks = tokio::task::JoinSet::new();
     for seed in 0..TASKS {
@@ -203,10 +228,28 @@ async fn random_concurrent_operations_keep_every_invariant() {
     store.settle().await;
     assert!(store.list().is_empty(), "{:?}", store.list());
     assert_eq!(store.driver().ids().await.unwrap().len(), 0, "driver dirs left");
-    let db = root.join("image/vfs/layerdb");
+    let db = root.join("image").join(driver_name).join("layerdb");
     for sub in ["sha256", "mounts", "tmp", "trash"] {
         let left: Vec<_> = std::fs::read_dir(db.join(sub)).unwrap().collect();
         assert!(left.is_empty(), "{sub}/ not empty: {left:?}");
     }
     assert_eq!(store.key_entries(), (0, 0, 0));
+    store.shutdown().await.unwrap();
+    let left = files_under(&root.join(driver_name));
+    assert!(left.is_empty(), "files left in the driver's home: {left:?}");
+}
+
+/// Everything under `dir` that is not a directory (files, links, devices).
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => out.extend(files_under(&p)),
+                _ => out.push(p),
+            }
+        }
+    }
+    out
 }
