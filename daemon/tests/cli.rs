@@ -137,8 +137,10 @@ fn spawn_layerd(root: &Path, socket: &Path) -> Child {
 }
 
 fn spawn_layerd_with(root: &Path, socket: &Path, extra: &[&str]) -> Child {
+    let driver: &[&str] = if extra.contains(&"--driver") { &[] } else { &["--driver", "vfs"] };
     Command::new(LAYERD)
-        .args(["--root", root.to_str().unwrap(), "--socket", socket.to_str().unwrap(), "--driver", "vfs"])
+        .args(["--root", root.to_str().unwrap(), "--socket", socket.to_str().unwrap()])
+        .args(driver)
         .args(["--log-level", "warn"])
         .args(extra)
         // Hermetic: never pick up the host's /etc/layerd/config.toml.
@@ -1081,4 +1083,78 @@ fn a_config_file_supplies_the_flags_and_flags_win() {
     let out = Command::new(LAYERD).arg("--config").arg(dir.path().join("missing.toml")).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+}
+
+/// Lazily unmounts whatever is still mounted under a dir, even when the test
+/// panics (the killed daemon of the crash case can't clean up after itself).
+struct UnmountOnDrop(PathBuf);
+
+impl Drop for UnmountOnDrop {
+    fn drop(&mut self) {
+        for m in mounts_under(&self.0).iter().rev() {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
+        }
+    }
+}
+
+/// Mount points under `dir`, from this process's mount table.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let prefix = dir.display().to_string();
+    table.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&prefix)).map(str::to_owned).collect()
+}
+
+/// Issue 3: the daemon on the real kernel overlay driver — mounts counted,
+/// undone on SIGTERM, and undone at start-up after a `kill -9` left them.
+#[test]
+fn overlay_daemon_undoes_its_mounts_on_shutdown_and_after_a_crash() {
+    let dir = tempfile::Builder::new().prefix("layerd-ovl").tempdir_in("/var/tmp").unwrap();
+    let (root, socket) = (dir.path().join("root"), dir.path().join("s.sock"));
+    let _unmount = UnmountOnDrop(root.clone());
+    let work = tempfile::tempdir().unwrap();
+    let base_tar = make_tar(&[("etc/hostname", b"box\n"), ("bin/tool", b"#!/bin/sh\n")]);
+    let base_file = write_file(work.path(), "base.tar", &base_tar);
+
+    let mut d = Daemon::start_with(&root, &socket, &["--driver", "overlay"]);
+    assert!(d.ok(&["info"]).contains("overlay"));
+    let base = d.ok(&["layer", "import", base_file.to_str().unwrap()]).trim().to_owned();
+    d.ok(&["rw", "create", "c1", "--parent", &base, "--init"]);
+    let path = PathBuf::from(d.ok(&["rw", "mount", "c1"]).trim());
+    assert_eq!(std::fs::read(path.join("etc/hostname")).unwrap(), b"box\n");
+    std::fs::write(path.join("etc/hostname"), b"c1\n").unwrap();
+    std::fs::remove_file(path.join("bin/tool")).unwrap();
+    assert!(!mounts_under(&root).is_empty(), "the rw layer must be a real overlay mount");
+    let changes = d.ok(&["rw", "changes", "c1"]);
+    assert!(changes.contains("C /etc/hostname") && changes.contains("D /bin/tool"), "{changes}");
+    let child = d.ok(&["rw", "commit", "c1"]).trim().to_owned();
+    let out = work.path().join("base.out");
+    d.ok(&["layer", "export", &base, "-o", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&out).unwrap(), base_tar, "overlay export is byte-exact");
+    d.ok(&["layer", "export", &child, "-o", out.to_str().unwrap()]);
+    let mut a = tar::Archive::new(std::fs::File::open(&out).unwrap());
+    let names: Vec<String> =
+        a.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
+    assert!(names.iter().any(|n| n.ends_with(".wh.tool")), "deletion exported as a whiteout: {names:?}");
+    assert!(d.terminate().success());
+    assert_eq!(mounts_under(&root), Vec::<String>::new(), "mounts left after SIGTERM");
+
+    // A crash with a mount in place: the next start undoes it.
+    let mut d = Daemon::start_with(&root, &socket, &["--driver", "overlay"]);
+    let path = PathBuf::from(d.ok(&["rw", "mount", "c1"]).trim());
+    assert_eq!(std::fs::read(path.join("etc/hostname")).unwrap(), b"c1\n", "rw data survives a restart");
+    let mut child_proc = d.child.take().unwrap();
+    child_proc.kill().unwrap();
+    child_proc.wait().unwrap();
+    assert!(!mounts_under(&root).is_empty(), "kill -9 leaves the mount (as a crash would)");
+    let mut d = Daemon::start_with(&root, &socket, &["--driver", "overlay"]);
+    assert_eq!(mounts_under(&root), Vec::<String>::new(), "start-up must undo a crashed daemon's mounts");
+    let rw = d.json(&["rw", "inspect", "c1"]);
+    assert_eq!(rw["mount_count"], json!(0));
+    let report = d.ok(&["check", "--verify"]);
+    assert!(report.contains("no problems"), "{report}");
+    d.ok(&["rw", "rm", "c1"]);
+    d.ok(&["layer", "rm", &child]);
+    d.ok(&["layer", "rm", &base]);
+    assert!(d.terminate().success());
+    assert_eq!(mounts_under(&root), Vec::<String>::new());
 }

@@ -673,3 +673,39 @@ async fn lock_wait_and_hold_times_are_recorded_for_every_lock() {
         assert!(waits > 0 && waits == holds, "{}: {waits} waits, {holds} holds", s.name);
     }
 }
+
+/// Go's reader (and so Docker) reads PAX records by length; a binary xattr
+/// such as `security.capability` may hold a 0x0a byte. Such a layer must
+/// import, land at its PAX path with the exact xattr, and export exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pax_records_with_newlines_in_values_import_and_export_exactly() {
+    let env = Env::new();
+    let store = env.open().await;
+    let cap = b"\x01\x00\x00\x02\x0a\x20\x00\x00\x0a\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00".to_vec();
+    let mut b = tar::Builder::new(Vec::new());
+    let recs: Vec<(&str, &[u8])> = vec![
+        ("SCHILY.xattr.security.capability", &cap),
+        ("SCHILY.xattr.user.note", b"two\nlines\n"),
+        ("path", b"usr/bin/ping"),
+    ];
+    b.append_pax_extensions(recs).unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_path("placeholder").unwrap();
+    h.set_size(4);
+    h.set_mode(0o755);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    b.append(&h, &b"ping"[..]).unwrap();
+    let t = b.into_inner().unwrap();
+    let l = register(&store, &t, None).await;
+    let f = env.root.join("vfs/dir").join(&l.cache_id).join("usr/bin/ping");
+    assert_eq!(std::fs::read(&f).unwrap(), b"ping");
+    let mut buf = vec![0u8; 64];
+    let n = rustix::fs::getxattr(&f, "security.capability", &mut buf).unwrap();
+    assert_eq!(&buf[..n], &cap[..]);
+    assert!(!env.root.join("vfs/dir").join(&l.cache_id).join("placeholder").exists());
+    assert_eq!(export(&store, &l.chain_id).await.unwrap(), t);
+}

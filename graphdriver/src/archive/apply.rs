@@ -31,10 +31,12 @@ pub(super) fn apply(dir: &Path, tar: &mut dyn Read, opts: &ApplyOptions) -> Resu
     let root = rustix::fs::open(dir, flags, Mode::empty()).map_err(io::Error::from).ctx("open", dir)?;
     let mut ap =
         Applier { dir, root, format: opts.whiteouts, unpacked: HashSet::new(), dirs: HashMap::new(), written: 0 };
-    let mut archive = tar::Archive::new(tar);
+    let (tap, taps) = super::pax::Tap::new(tar);
+    let mut archive = tar::Archive::new(tap);
     for entry in archive.entries().map_err(tar_err(dir))? {
         let mut entry = entry.map_err(tar_err(dir))?;
-        ap.entry(&mut entry)?;
+        let ext = taps.member(&entry);
+        ap.entry(&mut entry, ext)?;
     }
     ap.finish_dirs()?;
     Ok(ap.written)
@@ -58,15 +60,26 @@ impl Applier<'_> {
         move |e| ArchiveError::Io(IoError::new(op, self.dir.join(OsStr::from_bytes(&rel.join(&b'/'))), e))
     }
 
-    fn entry<R: Read>(&mut self, e: &mut tar::Entry<'_, R>) -> Result<(), ArchiveError> {
+    fn entry<R: Read>(
+        &mut self,
+        e: &mut tar::Entry<'_, R>,
+        ext: Option<super::pax::MemberExt>,
+    ) -> Result<(), ArchiveError> {
         let ty = e.header().entry_type();
         if ty.is_pax_global_extensions() {
             return Ok(());
         }
-        let pax = read_pax(e, self.dir)?;
+        let mut pax = read_pax(e, ext.as_ref().map(|x| x.records.clone()), self.dir)?;
+        pax.link = match &ext {
+            Some(x) => x.link(e),
+            None => e.link_name_bytes().map(|c| c.into_owned()),
+        };
         let raw = match (&pax.sparse.name, pax.sparse.is_sparse()) {
             (Some(name), true) => name.clone(),
-            _ => e.path_bytes().into_owned(),
+            _ => match &ext {
+                Some(x) => x.path(e),
+                None => e.path_bytes().into_owned(),
+            },
         };
         let rel = parse_path(&raw, "path")?;
         let shown = show(&rel);
@@ -193,17 +206,14 @@ impl Applier<'_> {
             }
             Kind::File => self.file(e, ty, &pfd, name, rel, &pax, meta)?,
             Kind::Symlink => {
-                let target = e
-                    .link_name_bytes()
-                    .ok_or_else(|| invalid(format!("{shown}: symlink without a target")))?
-                    .into_owned();
+                let target = pax.link.clone().ok_or_else(|| invalid(format!("{shown}: symlink without a target")))?;
                 check_symlink(parent.len(), &target).map_err(|m| invalid(format!("{shown}: {m}")))?;
                 rustix::fs::symlinkat(OsStr::from_bytes(&target), &pfd, name)
                     .map_err(io::Error::from)
                     .map_err(self.io("symlink", rel))?;
                 self.set_meta_at(&pfd, name, rel, &meta, false)?;
             }
-            Kind::Link => self.hardlink(e, &pfd, name, rel)?,
+            Kind::Link => self.hardlink(pax.link.as_deref(), &pfd, name, rel)?,
             Kind::Char | Kind::Block | Kind::Fifo => {
                 let (ft, dev) = match kind {
                     Kind::Fifo => (FileType::Fifo, 0),
@@ -289,17 +299,16 @@ impl Applier<'_> {
         Ok(())
     }
 
-    fn hardlink<R: Read>(
+    fn hardlink(
         &mut self,
-        e: &mut tar::Entry<'_, R>,
+        link: Option<&[u8]>,
         pfd: &OwnedFd,
         name: &OsStr,
         rel: &[Vec<u8>],
     ) -> Result<(), ArchiveError> {
         let shown = show(rel);
-        let raw =
-            e.link_name_bytes().ok_or_else(|| invalid(format!("{shown}: hardlink without a target")))?.into_owned();
-        let target = parse_path(&raw, &format!("{shown}: hardlink target"))?;
+        let raw = link.ok_or_else(|| invalid(format!("{shown}: hardlink without a target")))?;
+        let target = parse_path(raw, &format!("{shown}: hardlink target"))?;
         if target.is_empty() {
             return Err(invalid(format!("{shown}: hardlink target is the layer root")));
         }
@@ -359,6 +368,18 @@ impl Applier<'_> {
         rustix::fs::fchown(&fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))
             .map_err(os)
             .map_err(self.io("chown", &rel))?;
+        // A directory member describes the directory's whole metadata: on an
+        // existing directory (a copy of the parent), xattrs the tar does not
+        // list were removed in this layer. Overlay's own markers stay.
+        let existing = super::fs::list_xattrs_fd(fd.as_fd()).map_err(self.io("list xattrs of", &rel))?;
+        for (k, _) in existing {
+            let keep = k.starts_with(b"trusted.overlay.") || k == b"security.selinux";
+            if !keep && !meta.xattrs.iter().any(|(n, _)| *n == k) {
+                rustix::fs::fremovexattr(&fd, OsStr::from_bytes(&k))
+                    .map_err(os)
+                    .map_err(self.io("removexattr", &rel))?;
+            }
+        }
         for (k, v) in &meta.xattrs {
             rustix::fs::fsetxattr(&fd, OsStr::from_bytes(k), v, XattrFlags::empty())
                 .map_err(os)

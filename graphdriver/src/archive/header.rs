@@ -98,6 +98,8 @@ impl Kind {
 /// What the PAX records of one entry say beyond path/size/uid/gid.
 #[derive(Default)]
 pub(super) struct Pax {
+    /// The link target by Go's rule (see `pax::MemberExt::link`).
+    pub(super) link: Option<Vec<u8>>,
     pub(super) mtime: Option<Timespec>,
     pub(super) atime: Option<Timespec>,
     pub(super) xattrs: Vec<(Vec<u8>, Vec<u8>)>,
@@ -135,15 +137,31 @@ pub(super) fn shown_lossy(rel: &[Vec<u8>]) -> String {
     String::from_utf8_lossy(&rel.join(&b'/')).into_owned()
 }
 
-pub(super) fn read_pax<R: Read>(e: &mut tar::Entry<'_, R>, dir: &Path) -> Result<Pax, ArchiveError> {
-    let mut pax = Pax::default();
-    let Some(exts) = e.pax_extensions().map_err(tar_err(dir))? else {
-        return Ok(pax);
+/// The member's PAX records: `records` parsed by length from the raw
+/// extension headers when the tap had them, else the `tar` crate's reading.
+pub(super) fn read_pax<R: Read>(
+    e: &mut tar::Entry<'_, R>,
+    records: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    dir: &Path,
+) -> Result<Pax, ArchiveError> {
+    let records = match records {
+        Some(r) => r,
+        None => match e.pax_extensions().map_err(tar_err(dir))? {
+            None => Vec::new(),
+            Some(exts) => {
+                let mut v = Vec::new();
+                for ext in exts {
+                    let ext = ext.map_err(tar_err(dir))?;
+                    v.push((ext.key_bytes().to_vec(), ext.value_bytes().to_vec()));
+                }
+                v
+            }
+        },
     };
-    for ext in exts {
-        let ext = ext.map_err(tar_err(dir))?;
-        let key = ext.key().map_err(|_| invalid("non-UTF-8 PAX record key"))?;
-        let value = ext.value_bytes();
+    let mut pax = Pax::default();
+    for (key, value) in &records {
+        let key = std::str::from_utf8(key).map_err(|_| invalid("non-UTF-8 PAX record key"))?;
+        let value = &value[..];
         let bad_time = || invalid(format!("bad PAX {key} {:?}", String::from_utf8_lossy(value)));
         if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
             if name.contains('\0') {

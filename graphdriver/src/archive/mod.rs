@@ -25,6 +25,7 @@ mod export;
 pub mod fs;
 mod header;
 pub mod overlay;
+pub mod pax;
 mod sparse;
 #[cfg(test)]
 mod testutil;

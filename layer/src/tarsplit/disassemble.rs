@@ -45,15 +45,22 @@ pub struct DisassembleSummary {
 /// earlier member, and on a content-bearing name that is absolute or has `..`.
 pub fn disassemble<R: Read, W: Write>(input: R, out: W) -> Result<DisassembleSummary, TarSplitError> {
     let state = RefCell::new(Recorder::new(Packer::new(out)));
-    let mut archive = tar::Archive::new(Tap { inner: input, state: &state });
+    // Member names by the extractor's rule (PAX records read by length), so
+    // both parsers of these bytes agree on every name.
+    let (pax_tap, members) = graphdriver::archive::pax::Tap::new(input);
+    let mut archive = tar::Archive::new(Tap { inner: pax_tap, state: &state });
     let explain = |e: io::Error| state.borrow_mut().explain(e);
     {
         let mut paths = PathTracker::default();
         let mut buf = vec![0u8; 64 << 10];
         for entry in archive.entries().map_err(explain)? {
             let mut entry = entry.map_err(explain)?;
-            let name = entry.path_bytes().into_owned();
-            let kind = classify(&mut entry, &name)?;
+            let ext = members.member(&entry);
+            let name = match &ext {
+                Some(x) => x.path(&entry),
+                None => entry.path_bytes().into_owned(),
+            };
+            let kind = classify(&mut entry, &name, ext.as_ref())?;
             let record = paths.admit(&name, &kind)?;
             state.borrow_mut().flush().map_err(write_error)?;
             match (record, kind.content) {
@@ -137,12 +144,20 @@ struct Kind {
     global: bool,
 }
 
-fn classify<R: Read>(entry: &mut tar::Entry<'_, R>, name: &[u8]) -> Result<Kind, TarSplitError> {
+fn classify<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    name: &[u8],
+    ext: Option<&graphdriver::archive::pax::MemberExt>,
+) -> Result<Kind, TarSplitError> {
     let flag = entry.header().as_bytes()[156];
     let regular = matches!(flag, 0 | b'0' | b'7');
     let dir = flag == b'5' || (regular && name.ends_with(b"/"));
     let size = entry.size();
-    let content = if regular && !dir && size > 0 && !is_pax_sparse(entry, name)? { Some(size) } else { None };
+    let sparse = match ext {
+        Some(x) => x.records.iter().any(|(k, _)| k.starts_with(b"GNU.sparse.")),
+        None => is_pax_sparse(entry, name)?,
+    };
+    let content = if regular && !dir && size > 0 && !sparse { Some(size) } else { None };
     Ok(Kind { content, dir, global: flag == b'g' })
 }
 
