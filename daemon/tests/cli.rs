@@ -1132,8 +1132,7 @@ fn overlay_daemon_undoes_its_mounts_on_shutdown_and_after_a_crash() {
     assert_eq!(std::fs::read(&out).unwrap(), base_tar, "overlay export is byte-exact");
     d.ok(&["layer", "export", &child, "-o", out.to_str().unwrap()]);
     let mut a = tar::Archive::new(std::fs::File::open(&out).unwrap());
-    let names: Vec<String> =
-        a.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
+    let names: Vec<String> = a.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
     assert!(names.iter().any(|n| n.ends_with(".wh.tool")), "deletion exported as a whiteout: {names:?}");
     assert!(d.terminate().success());
     assert_eq!(mounts_under(&root), Vec::<String>::new(), "mounts left after SIGTERM");
@@ -1157,4 +1156,54 @@ fn overlay_daemon_undoes_its_mounts_on_shutdown_and_after_a_crash() {
     d.ok(&["layer", "rm", &base]);
     assert!(d.terminate().success());
     assert_eq!(mounts_under(&root), Vec::<String>::new());
+}
+
+/// `layerctl conformance`: runs the suite in-process, one line per case, the
+/// contract's last line, exit 0 on success and 2 for an unknown driver.
+#[test]
+fn conformance_verb_runs_the_suite_and_ends_with_the_summary_line() {
+    let dir = tempfile::Builder::new().prefix("layerd-conf").tempdir_in("/var/tmp").unwrap();
+    let out = ctl_with(
+        "unix:///nonexistent",
+        &["conformance", "--driver", "overlay", "--root", dir.path().to_str().unwrap(), "--filter", "lifecycle::"],
+        None,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let last = stdout.lines().last().unwrap();
+    let parts: Vec<&str> = last.split(", ").collect();
+    assert_eq!(parts.len(), 3, "{last}");
+    assert!(parts[0].ends_with(" passed") && parts[1] == "0 failed" && parts[2] == "0 skipped", "{last}");
+    let passed: usize = parts[0].trim_end_matches(" passed").parse().unwrap();
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), passed);
+    assert!(passed >= 10);
+    assert_eq!(mounts_under(dir.path()), Vec::<String>::new());
+    let out = ctl_with("unix:///nonexistent", &["conformance", "--driver", "zfs"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not available"));
+}
+
+/// The default `--driver auto`: a fresh root gets overlay on this host; a
+/// root holding another driver's layers keeps that driver (dockerd's rule).
+#[test]
+fn auto_driver_prefers_the_roots_own_then_overlay() {
+    let dir = tempfile::Builder::new().prefix("layerd-auto").tempdir_in("/var/tmp").unwrap();
+    let fresh = dir.path().join("fresh");
+    let _unmount = UnmountOnDrop(dir.path().to_owned());
+    let mut d = Daemon::start_with(&fresh, &dir.path().join("a.sock"), &["--driver", "auto"]);
+    assert_eq!(d.json(&["info", "--format", "json"])["driver"], json!("overlay"));
+    assert!(d.terminate().success());
+
+    let used = dir.path().join("used");
+    let socket = dir.path().join("b.sock");
+    let mut d = Daemon::start_with(&used, &socket, &["--driver", "vfs"]);
+    let work = tempfile::tempdir().unwrap();
+    let f = write_file(work.path(), "l.tar", &make_tar(&[("x", b"x")]));
+    let chain = d.ok(&["layer", "import", f.to_str().unwrap()]).trim().to_owned();
+    assert!(d.terminate().success());
+    let mut d = Daemon::start_with(&used, &socket, &["--driver", "auto"]);
+    let info = d.json(&["info", "--format", "json"]);
+    assert_eq!(info["driver"], json!("vfs"), "a root with vfs layers keeps vfs: {info}");
+    assert_eq!(chain_ids(&d.json(&["layer", "ls", "--format", "json"])), vec![chain]);
+    assert!(d.terminate().success());
 }

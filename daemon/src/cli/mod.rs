@@ -7,6 +7,7 @@
 
 pub mod check;
 pub mod client;
+pub mod conformance;
 pub mod layer;
 pub mod output;
 pub mod progress;
@@ -47,6 +48,20 @@ pub enum Command {
     Info {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
+    },
+    /// Run the driver conformance suite against a built-in driver, in this
+    /// process (no daemon needed; run as root). Ends with the line
+    /// `N passed, M failed, K skipped`; exit 1 if any case failed.
+    Conformance {
+        /// The driver to test: vfs, overlay or btrfs.
+        #[arg(long, value_name = "NAME")]
+        driver: String,
+        /// Where the per-case temp dirs go (btrfs: a dir on a btrfs filesystem).
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
+        /// Only cases whose `group::name` contains this.
+        #[arg(long, value_name = "SUBSTRING")]
+        filter: Option<String>,
     },
     /// Check the store against the disk; exit 1 if a problem remains.
     Check {
@@ -156,7 +171,13 @@ pub enum Format {
 /// The `layerctl` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // The conformance suite runs drivers in-process and wants real parallelism.
+    let builder = match cli.command {
+        Command::Conformance { .. } => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let mut builder = builder;
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("layerctl: start the runtime: {e}");
@@ -175,6 +196,10 @@ pub fn main() -> ExitCode {
 /// Run one command. `Ok` carries the exit code of a command that reports
 /// failures in its output itself (`rm`, `check`).
 pub async fn run(cli: Cli) -> CliResult<ExitCode> {
+    if let Command::Conformance { driver, root, filter } = cli.command {
+        // In-process: no daemon, so no client.
+        return conformance::run(&driver, root, filter.as_deref()).await;
+    }
     let client = Client::from_host(&cli.host, token(cli.token_file.as_deref())?)?;
     match cli.command {
         Command::Layer(cmd) => layer::run(&client, cmd).await,
@@ -183,6 +208,7 @@ pub async fn run(cli: Cli) -> CliResult<ExitCode> {
         Command::Check { repair, verify, format } => {
             check::run(&client, ::layer::CheckOpts { repair, verify_content: verify }, format).await
         }
+        Command::Conformance { driver, root, filter } => conformance::run(&driver, root, filter.as_deref()).await,
     }
 }
 

@@ -11,6 +11,9 @@ use graphdriver::Driver;
 /// A parsed `--driver` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DriverSpec {
+    /// dockerd's choice: the driver whose layers are already in the root,
+    /// else the first this host supports (overlay, btrfs, vfs).
+    Auto,
     Vfs,
     Overlay,
     Btrfs,
@@ -28,6 +31,7 @@ impl DriverSpec {
 impl fmt::Display for DriverSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            DriverSpec::Auto => f.write_str("auto"),
             DriverSpec::Vfs => f.write_str("vfs"),
             DriverSpec::Overlay => f.write_str("overlay"),
             DriverSpec::Btrfs => f.write_str("btrfs"),
@@ -41,13 +45,14 @@ impl FromStr for DriverSpec {
 
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
+            "auto" => Ok(DriverSpec::Auto),
             "vfs" => Ok(DriverSpec::Vfs),
             "overlay" | "overlay2" => Ok(DriverSpec::Overlay),
             "btrfs" => Ok(DriverSpec::Btrfs),
             _ => match s.strip_prefix("plugin:") {
                 Some(name) if valid_plugin_name(name) => Ok(DriverSpec::Plugin(name.to_owned())),
                 Some(name) => Err(format!("invalid plugin name {name:?}: want [A-Za-z0-9_.-]+")),
-                None => Err(format!("unknown driver {s:?}: want vfs, overlay, btrfs or plugin:NAME")),
+                None => Err(format!("unknown driver {s:?}: want auto, vfs, overlay, btrfs or plugin:NAME")),
             },
         }
     }
@@ -62,6 +67,15 @@ fn valid_plugin_name(name: &str) -> bool {
 /// Construct the driver, its home being `<root>/<driver name>`.
 pub fn open(spec: &DriverSpec, root: &Path) -> anyhow::Result<Arc<dyn Driver>> {
     match spec {
+        DriverSpec::Auto => {
+            let (name, driver, passed) =
+                drivers::registry::select(root).with_context(|| format!("choose a driver for {}", root.display()))?;
+            for why in passed {
+                tracing::info!(why, "driver passed over");
+            }
+            tracing::info!(driver = name, "driver chosen automatically");
+            Ok(driver)
+        }
         DriverSpec::Plugin(_) => {
             bail!("driver {spec} is not available yet (built in: {})", drivers::registry::BUILTIN.join(", "))
         }

@@ -46,8 +46,10 @@ pub struct Config {
     /// Data root: the store's metadata and the driver's layers live here.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/layerd")]
     pub root: PathBuf,
-    /// Graph driver: vfs, overlay, btrfs or plugin:NAME.
-    #[arg(long, value_name = "DRIVER", default_value = "vfs")]
+    /// Graph driver: auto, vfs, overlay, btrfs or plugin:NAME. auto keeps the
+    /// driver whose layers the root holds, else takes the first this host
+    /// supports: overlay, btrfs, vfs.
+    #[arg(long, value_name = "DRIVER", default_value = "auto")]
     pub driver: DriverSpec,
     /// Unix socket to listen on (created with mode 0660).
     #[arg(long, value_name = "PATH", default_value = "/run/layerd/layerd.sock")]
@@ -203,7 +205,7 @@ mod tests {
     fn flags_have_defaults() {
         let c = Config::try_parse_from(["layerd"]).unwrap();
         assert_eq!(c.root, PathBuf::from("/var/lib/layerd"));
-        assert_eq!(c.driver, DriverSpec::Vfs);
+        assert_eq!(c.driver, DriverSpec::Auto);
         assert_eq!(c.socket, PathBuf::from("/run/layerd/layerd.sock"));
     }
 
