@@ -112,7 +112,7 @@ macro_rules! __case_list {
 /// create_empty() … }`. `$factory` is an expression of a type implementing
 /// [`Factory`], evaluated once per test:
 ///
-/// ```ignore
+/// ```no_run
 /// conformance::stamp!(vfs, conformance::Registry::new("vfs"));
 /// ```
 #[macro_export]
