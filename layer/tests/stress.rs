@@ -216,6 +216,18 @@ async fn stress(root: std::path::PathBuf, driver_name: &str) {
     let report = store.check(layer::CheckOpts { repair: false, verify_content: true }).await.unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 
+    // Every acknowledged reference is on disk: reopen and compare.
+    store.shutdown().await.unwrap();
+    drop(store);
+    let lock = layer::RootLock::acquire(&root).unwrap();
+    let driver = drivers::registry::open(driver_name, &root).unwrap();
+    let store = Store::open_locked(lock, driver, layer::StoreOptions::default()).await.unwrap();
+    for l in store.list() {
+        assert_eq!(l.references, held.layers.get(&l.chain_id).copied().unwrap_or(0), "after reopen: {}", l.chain_id);
+    }
+    assert_eq!(store.list().len(), layers.len());
+    assert_eq!(store.list_rw().len(), rws.len());
+
     // Release everything: nothing may be left anywhere.
     for r in rws {
         store.release_rw(&r.name).await.unwrap();

@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use graphdriver::{CacheId, IoContext, TarReader};
 
@@ -29,17 +29,21 @@ impl Inner {
         let path = self.db.tar_split_path(chain);
         let file = blocking(move || Ok(File::open(&path).ctx("open", &path)?)).await?;
         let asm = Assembler::new(Box::new(file), DirGetter::new(dir));
-        // Two stages on two threads, like `tar -c | consumer`: the assembler
-        // (file reads, CRC-64) runs ahead while the reader verifies SHA-256.
+        // Three stages on their own threads, like `tar -c | sha256sum | …`:
+        // the assembler (file reads, CRC-64), the SHA-256 check against the
+        // DiffID, and the caller's reads. A mismatch reaches the caller as
+        // the error of its last read, never as a clean end of stream.
         let verified = VerifyingReader::new(Pipelined::spawn(asm), meta.diff_id.0.clone());
         Ok(Box::new(Guarded { inner: verified, _put: put }))
     }
 }
 
 /// Runs a reader on its own thread, a few chunks ahead of the consumer.
-/// Dropping it stops the thread at its next send.
+/// Buffers go back to the producer once read, so nothing is allocated or
+/// zeroed per chunk. Dropping it stops the thread at its next send.
 struct Pipelined {
     rx: Receiver<io::Result<Vec<u8>>>,
+    back: SyncSender<Vec<u8>>,
     buf: Vec<u8>,
     pos: usize,
     done: bool,
@@ -47,12 +51,15 @@ struct Pipelined {
 
 impl Pipelined {
     const CHUNK: usize = 256 * 1024;
+    const DEPTH: usize = 4;
 
     fn spawn<R: Read + Send + 'static>(mut src: R) -> Self {
-        let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(4);
+        let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(Self::DEPTH);
+        let (back, spare) = sync_channel::<Vec<u8>>(Self::DEPTH + 2);
         std::thread::spawn(move || {
             loop {
-                let mut chunk = vec![0u8; Self::CHUNK];
+                let mut chunk = spare.try_recv().unwrap_or_else(|_| vec![0u8; Self::CHUNK]);
+                chunk.resize(Self::CHUNK, 0);
                 let mut filled = 0;
                 let res = loop {
                     match src.read(&mut chunk[filled..]) {
@@ -81,7 +88,7 @@ impl Pipelined {
                 }
             }
         });
-        Pipelined { rx, buf: Vec::new(), pos: 0, done: false }
+        Pipelined { rx, back, buf: Vec::new(), pos: 0, done: false }
     }
 }
 
@@ -93,7 +100,8 @@ impl Read for Pipelined {
             }
             match self.rx.recv() {
                 Ok(Ok(b)) => {
-                    self.buf = b;
+                    let used = std::mem::replace(&mut self.buf, b);
+                    let _ = self.back.try_send(used);
                     self.pos = 0;
                 }
                 Ok(Err(e)) => {

@@ -40,6 +40,10 @@ pub(crate) struct Counts {
     pub refs: u64,
     pub children: u64,
     pub rw: u64,
+    /// Bumped on every change of `refs` (group commit of the `refs` file).
+    pub refs_gen: u64,
+    /// The `refs_gen` whose value is known to be on disk.
+    pub persisted_gen: u64,
 }
 
 impl Counts {
@@ -65,8 +69,9 @@ pub(crate) enum Published {
     /// No such layer: the caller (holding the key lock) commits its metadata
     /// on disk and then calls [`Graph::insert`].
     Absent,
-    /// The layer already existed: it gained a reference (the new `refs` is
-    /// given), and the caller must drop its own parent pin and staged work.
+    /// The layer already existed: it gained a reference (the generation to
+    /// persist is given), and the caller must drop its own parent pin and
+    /// staged work.
     Existing(Arc<LayerMeta>, u64),
     /// A freed layer with this ChainID is still on disk: the caller (holding
     /// the key lock) must finalize its removal first, then publish again.
@@ -191,8 +196,9 @@ impl Graph {
         self.cascade(chain.clone())
     }
 
-    /// The new `refs` a release of `chain` would leave, or why it can't.
-    pub fn check_release(&self, chain: &ChainId) -> Result<u64> {
+    /// The `refs` a release of `chain` would leave and the generation it was
+    /// read at, or why it can't be released.
+    pub fn check_release(&self, chain: &ChainId) -> Result<(u64, u64)> {
         let (_, c) = self.get(chain).ok_or_else(|| LayerStoreError::LayerNotFound(chain.to_string()))?;
         if c.refs == 0 {
             return Err(LayerStoreError::NotRetained {
@@ -203,18 +209,7 @@ impl Graph {
                 ),
             });
         }
-        Ok(c.refs - 1)
-    }
-
-    /// Set `refs` (after persisting it); frees the layer if everything is zero.
-    pub fn set_refs(&mut self, chain: &ChainId, refs: u64) -> Vec<Arc<LayerMeta>> {
-        match self.live_mut(chain) {
-            Some((_, counts)) => {
-                counts.refs = refs;
-                self.cascade(chain.clone())
-            }
-            None => Vec::new(),
-        }
+        Ok((c.refs - 1, c.refs_gen))
     }
 
     /// Free `chain` and then its ancestors while their counts are zero.
@@ -244,7 +239,8 @@ impl Graph {
         match self.slots.get_mut(chain) {
             Some(Slot::Live { meta, counts }) => {
                 counts.refs += 1;
-                Published::Existing(meta.clone(), counts.refs)
+                counts.refs_gen += 1;
+                Published::Existing(meta.clone(), counts.refs_gen)
             }
             Some(Slot::Removing(old)) => Published::Removing(old.clone()),
             None => Published::Absent,
@@ -254,15 +250,61 @@ impl Graph {
     /// Insert a new layer with one reference (after `publish` said `Absent`
     /// and its metadata was committed); the parent pin moves to it.
     pub fn insert(&mut self, meta: Arc<LayerMeta>) {
-        let counts = Counts { refs: 1, ..Counts::default() };
+        // refs=1 was committed with the metadata.
+        let counts = Counts { refs: 1, refs_gen: 1, persisted_gen: 1, ..Counts::default() };
         self.slots.insert(meta.chain_id.clone(), Slot::Live { meta, counts });
     }
 
-    /// Add a reference to a live layer; returns the new `refs`.
+    /// Add a reference to a live layer (in memory); returns the generation
+    /// the `refs` file must reach for the reference to be durable.
     pub fn retain(&mut self, chain: &ChainId) -> Result<(Arc<LayerMeta>, u64)> {
         let (meta, counts) = self.live_mut(chain).ok_or_else(|| LayerStoreError::LayerNotFound(chain.to_string()))?;
         counts.refs += 1;
-        Ok((meta.clone(), counts.refs))
+        counts.refs_gen += 1;
+        Ok((meta.clone(), counts.refs_gen))
+    }
+
+    /// What to write to make `refs` durable: `None` if generation `want`
+    /// is already on disk (someone else's write covered it).
+    pub fn refs_to_persist(&self, chain: &ChainId, want: u64) -> Option<(u64, u64)> {
+        let (_, c) = self.get(chain)?;
+        (c.persisted_gen < want).then_some((c.refs, c.refs_gen))
+    }
+
+    /// The `refs` of generation `generation` are on disk.
+    pub fn mark_persisted(&mut self, chain: &ChainId, generation: u64) {
+        if let Some((_, c)) = self.live_mut(chain) {
+            c.persisted_gen = c.persisted_gen.max(generation);
+        }
+    }
+
+    /// Take back a reference whose persisting failed; may free the layer.
+    pub fn undo_retain(&mut self, chain: &ChainId) -> Vec<Arc<LayerMeta>> {
+        match self.live_mut(chain) {
+            Some((_, c)) => {
+                c.refs = c.refs.saturating_sub(1);
+                c.refs_gen += 1;
+                self.cascade(chain.clone())
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Drop one reference after `refs - 1` (read at generation `gen0` by
+    /// `check_release`) was persisted; frees the layer if nothing holds it.
+    pub fn release_persisted(&mut self, chain: &ChainId, gen0: u64) -> Vec<Arc<LayerMeta>> {
+        match self.live_mut(chain) {
+            Some((_, c)) => {
+                c.refs = c.refs.saturating_sub(1);
+                c.refs_gen += 1;
+                // No retain slipped in between: the file holds this value.
+                if c.refs_gen == gen0 + 1 {
+                    c.persisted_gen = c.refs_gen;
+                }
+                self.cascade(chain.clone())
+            }
+            None => Vec::new(),
+        }
     }
 
     /// Whether `meta` (that exact instance) is waiting for finalization.
@@ -335,8 +377,8 @@ pub(crate) mod tests {
     }
 
     fn release(g: &mut Graph, m: &Arc<LayerMeta>) -> Result<Vec<ChainId>> {
-        let refs = g.check_release(&m.chain_id)?;
-        let freed = g.set_refs(&m.chain_id, refs);
+        let (_, gen0) = g.check_release(&m.chain_id)?;
+        let freed = g.release_persisted(&m.chain_id, gen0);
         for f in &freed {
             g.forget(f);
         }
@@ -383,6 +425,26 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn one_write_covers_every_retain_before_it() {
+        let mut g = Graph::default();
+        let m = register(&mut g, None, b"m");
+        let (_, a) = g.retain(&m.chain_id).unwrap();
+        let (_, b) = g.retain(&m.chain_id).unwrap();
+        // The first to write persists both increments.
+        let (refs, generation) = g.refs_to_persist(&m.chain_id, a).unwrap();
+        assert_eq!((refs, generation), (3, b));
+        g.mark_persisted(&m.chain_id, generation);
+        assert_eq!(g.refs_to_persist(&m.chain_id, b), None, "b's increment is on disk already");
+        // A release whose write raced with a retain leaves that retain to write.
+        let (target, gen0) = g.check_release(&m.chain_id).unwrap();
+        assert_eq!(target, 2);
+        let (_, c) = g.retain(&m.chain_id).unwrap();
+        g.release_persisted(&m.chain_id, gen0);
+        assert!(g.refs_to_persist(&m.chain_id, c).is_some());
+        assert_eq!(g.get(&m.chain_id).unwrap().1.refs, 3);
+    }
+
+    #[test]
     fn rw_pin_keeps_layer_alive() {
         let mut g = Graph::default();
         let base = register(&mut g, None, b"base");
@@ -398,8 +460,8 @@ pub(crate) mod tests {
     fn publish_over_removing_layer_asks_for_finalization() {
         let mut g = Graph::default();
         let base = register(&mut g, None, b"base");
-        let refs = g.check_release(&base.chain_id).unwrap();
-        let freed = g.set_refs(&base.chain_id, refs);
+        let (_, gen0) = g.check_release(&base.chain_id).unwrap();
+        let freed = g.release_persisted(&base.chain_id, gen0);
         assert_eq!(freed.len(), 1);
         let again = meta(None, b"base");
         assert!(matches!(g.publish(&again.chain_id), Published::Removing(_)));

@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 use super::graph::{LayerMeta, Published};
 use super::{FlightKey, Inner, blocking, layer_info};
 use crate::compress::decompressed;
-use crate::digest::{ChainId, DiffId, Hasher};
+use crate::digest::{ChainId, DiffId, Digest, Hasher};
 use crate::error::{LayerStoreError, Result};
 use crate::flight::Role;
 use crate::metadata::{LayerDb, LayerRecord, TAR_SPLIT, remove_any};
@@ -205,15 +205,11 @@ impl Inner {
         let (chunks_tx, chunks_rx) = sync_channel::<Vec<u8>>(16);
         let ts_path = tx.join(TAR_SPLIT);
         let recorder = tokio::task::spawn_blocking(move || record_tar_split(chunks_rx, &ts_path));
-        let tee = Arc::new(Mutex::new(Tee {
-            inner: plain,
-            hasher: Hasher::new(),
-            sink: Some(chunks_tx),
-            recorder_stopped: false,
-        }));
-        // Buffer in front of the tee so the hash and the recorder see large
-        // chunks however small the extractor's reads are. Bytes the buffer
-        // reads ahead are hashed once, and the drain below continues after them.
+        let tee = Arc::new(Mutex::new(Tee { inner: plain, sink: Some(chunks_tx), recorder_stopped: false }));
+        // Buffer in front of the tee so the recorder (which also hashes, on
+        // the other core) gets large chunks however small the extractor's
+        // reads are. Bytes the buffer reads ahead are sent once, and the
+        // drain below continues after them.
         let buffered = std::io::BufReader::with_capacity(256 * 1024, SharedTee(tee.clone()));
         let applied = self.driver.apply_diff(cache_id, parent_cache, Box::new(buffered)).await;
         // Drain what the extractor left (the end blocks and record padding
@@ -223,21 +219,20 @@ impl Inner {
             let mut t = tee.lock().unwrap_or_else(PoisonError::into_inner);
             let res = if ok { io::copy(&mut *t, &mut io::sink()).map(|_| ()) } else { Ok(()) };
             t.sink = None;
-            let hasher = std::mem::take(&mut t.hasher);
-            Ok((res, hasher, t.recorder_stopped))
+            Ok((res, t.recorder_stopped))
         })
         .await?;
         let recorded = recorder.await.map_err(|e| LayerStoreError::Internal(format!("tar-split task: {e}")))?;
-        let size = match (applied, recorded) {
-            (Ok(size), Ok(())) => size,
+        let (size, digest) = match (applied, recorded) {
+            (Ok(size), Ok(digest)) => (size, digest),
             (Ok(_), Err(e)) => return Err(e),
             // The extractor failed because the recorder rejected the stream:
             // the recorder's reason is the precise one.
-            (Err(_), Err(e)) if drained.2 => return Err(e),
+            (Err(_), Err(e)) if drained.1 => return Err(e),
             (Err(e), _) => return Err(e.into()),
         };
         drained.0.map_err(|e| LayerStoreError::InvalidInput(format!("reading layer data: {e}")))?;
-        Ok((DiffId(drained.1.finish()), size))
+        Ok((DiffId(digest), size))
     }
 
     /// Make the staged layer visible, under its ChainID's key lock.
@@ -251,13 +246,11 @@ impl Inner {
                     let done = self.unpublish_locked(old).await;
                     self.delete_in_background(super::release::RwDirs::default(), done.into_iter().collect()).await;
                 }
-                Published::Existing(existing, refs) => {
-                    if let Err(e) = self.persist_refs(&chain, refs).await {
-                        self.layers.lock().set_refs(&chain, refs - 1);
-                        self.discard(Some(staged.meta.cache_id.clone()), staged.tx).await;
-                        return Err(e);
-                    }
+                Published::Existing(existing, generation) => {
+                    // We hold the key: persist now (covering any retains waiting for it).
+                    let res = self.persist_refs_locked(&chain, generation).await;
                     self.discard(Some(staged.meta.cache_id.clone()), staged.tx).await;
+                    res?;
                     info!(chain_id = %chain, "registered content already present; new reference");
                     return Ok((self.info_of(&existing.chain_id)?, false));
                 }
@@ -286,31 +279,57 @@ impl Inner {
         blocking(move || db.write_refs(&c, refs)).await
     }
 
-    pub(super) async fn retain(self: &Arc<Self>, chain: &ChainId) -> Result<LayerInfo> {
-        let _key = self.chain_keys.lock(chain).await;
-        let (_, refs) = self.layers.lock().retain(chain)?;
-        if let Err(e) = self.persist_refs(chain, refs).await {
-            // We hold the key, and the layer has our reference: this frees nothing.
-            self.layers.lock().set_refs(chain, refs - 1);
-            return Err(e);
+    /// Make a reference of generation `want` durable; caller holds the key.
+    /// Group commit: one write covers every reference taken before it, so
+    /// twenty concurrent retains of one layer cost one or two fsyncs, not
+    /// twenty. On failure the caller's reference is taken back.
+    async fn persist_refs_locked(self: &Arc<Self>, chain: &ChainId, want: u64) -> Result<()> {
+        let Some((refs, generation)) = self.layers.lock().refs_to_persist(chain, want) else {
+            return Ok(());
+        };
+        match self.persist_refs(chain, refs).await {
+            Ok(()) => {
+                self.layers.lock().mark_persisted(chain, generation);
+                Ok(())
+            }
+            Err(e) => {
+                let freed = self.layers.lock().undo_retain(chain);
+                for m in freed {
+                    if let Some(u) = self.unpublish_locked(m).await {
+                        self.delete_in_background(super::release::RwDirs::default(), vec![u]).await;
+                    }
+                }
+                Err(e)
+            }
         }
+    }
+
+    pub(super) async fn retain(self: &Arc<Self>, chain: &ChainId) -> Result<LayerInfo> {
+        // The reference is taken in memory first (so the layer can't be
+        // freed), then made durable under the key, possibly by someone else.
+        let (_, want) = self.layers.lock().retain(chain)?;
+        let _key = self.chain_keys.lock(chain).await;
+        self.persist_refs_locked(chain, want).await?;
         self.info_of(chain)
     }
 }
 
-fn record_tar_split(chunks: Receiver<Vec<u8>>, path: &Path) -> Result<()> {
+/// The recorder thread: hash every byte (the DiffID) and record the
+/// tar-split. The disassembler reads its input to the end, so on success the
+/// digest covers the whole stream.
+fn record_tar_split(chunks: Receiver<Vec<u8>>, path: &Path) -> Result<Digest> {
     let file = File::create(path).ctx("create", path)?;
     let mut w = BufWriter::new(file);
-    tarsplit::disassemble(ChannelReader { rx: chunks, buf: Vec::new(), pos: 0 }, &mut w)?;
+    let mut input = ChannelReader { rx: chunks, buf: Vec::new(), pos: 0, hasher: Hasher::new() };
+    tarsplit::disassemble(&mut input, &mut w)?;
     let file = w.into_inner().map_err(|e| e.into_error()).ctx("write", path)?;
     file.sync_all().ctx("fsync", path)?;
-    Ok(())
+    Ok(input.hasher.finish())
 }
 
-/// Hashes and copies to the tar-split recorder every byte the extractor reads.
+/// Copies to the tar-split recorder every byte the extractor reads.
 struct Tee {
     inner: TarReader,
-    hasher: Hasher,
     sink: Option<SyncSender<Vec<u8>>>,
     recorder_stopped: bool,
 }
@@ -319,7 +338,6 @@ impl Read for Tee {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         if n > 0 {
-            self.hasher.update(&buf[..n]);
             if let Some(sink) = &self.sink
                 && sink.send(buf[..n].to_vec()).is_err()
             {
@@ -343,6 +361,7 @@ struct ChannelReader {
     rx: Receiver<Vec<u8>>,
     buf: Vec<u8>,
     pos: usize,
+    hasher: Hasher,
 }
 
 impl Read for ChannelReader {
@@ -350,6 +369,7 @@ impl Read for ChannelReader {
         while self.pos >= self.buf.len() {
             match self.rx.recv() {
                 Ok(b) => {
+                    self.hasher.update(&b);
                     self.buf = b;
                     self.pos = 0;
                 }

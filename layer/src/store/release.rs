@@ -36,11 +36,11 @@ pub(super) struct Unpublished {
 impl Inner {
     pub(super) async fn release(self: &Arc<Self>, chain: &ChainId) -> Result<Vec<ChainId>> {
         let key = self.chain_keys.lock(chain).await;
-        let refs = self.layers.lock().check_release(chain)?;
+        let (refs, gen0) = self.layers.lock().check_release(chain)?;
         // Persist first: a crash after this leaves a layer that start-up
         // collects if nothing else holds it.
         self.persist_refs(chain, refs).await?;
-        let freed = self.layers.lock().set_refs(chain, refs);
+        let freed = self.layers.lock().release_persisted(chain, gen0);
         let deleted: Vec<ChainId> = freed.iter().map(|m| m.chain_id.clone()).collect();
         let mut done = Vec::with_capacity(freed.len());
         let mut rest = Vec::with_capacity(freed.len());

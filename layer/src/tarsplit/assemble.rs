@@ -3,11 +3,9 @@
 
 use std::io::{self, Read};
 
-use crc::{Digest, Table};
-
 use super::names::show;
 use super::record::{Entry, Unpacker};
-use super::{CRC64, FileGetter, TarSplitError};
+use super::{FileGetter, TarSplitError};
 
 /// Yields segment bytes verbatim and file contents from the getter, checking
 /// each file's size and CRC-64 as it streams. A mismatch fails the read with
@@ -36,7 +34,7 @@ enum State {
         left: u64,
         size: u64,
         want: [u8; 8],
-        crc: Digest<'static, u64, Table<16>>,
+        crc: super::Crc64,
     },
     Done,
     /// A read failed; this says why, for the reads after it.
@@ -93,7 +91,7 @@ impl<G: FileGetter> Assembler<G> {
                     Some(Entry::File { name, size, crc }) => {
                         let want = crc.ok_or_else(|| mismatch(&name, "no checksum recorded".into()))?;
                         let src = self.getter.open(&name).map_err(|e| open_error(&name, e))?;
-                        self.state = State::File { name, src, left: size, size, want, crc: CRC64.digest() };
+                        self.state = State::File { name, src, left: size, size, want, crc: super::Crc64::new() };
                     }
                 },
             }

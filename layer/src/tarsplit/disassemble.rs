@@ -13,11 +13,9 @@ use std::cell::RefCell;
 use std::collections::{BTreeSet, HashSet};
 use std::io::{self, Read, Write};
 
-use crc::{Digest, Table};
-
+use super::TarSplitError;
 use super::names::{clean, descendant_prefix, relative_components, show, whiteout_target};
 use super::record::Packer;
-use super::{CRC64, TarSplitError};
 
 /// Segments are flushed once this many bytes are pending, bounding memory.
 const CHUNK: usize = 1 << 20;
@@ -116,7 +114,7 @@ fn crc_content<R: Read, W: Write>(
                 show(name)
             )));
         }
-        st.region = Some(Region { end: start + size, digest: CRC64.digest() });
+        st.region = Some(Region { end: start + size, digest: super::Crc64::new() });
     }
     let mut copied = 0u64;
     loop {
@@ -245,7 +243,7 @@ struct Recorder<W: Write> {
 
 struct Region {
     end: u64,
-    digest: Digest<'static, u64, Table<16>>,
+    digest: super::Crc64,
 }
 
 impl<W: Write> Recorder<W> {

@@ -32,7 +32,6 @@ mod roundtrip_tests;
 
 use std::io;
 
-use crc::{CRC_64_GO_ISO, Crc, Table};
 use graphdriver::ErrorKind;
 
 pub use assemble::Assembler;
@@ -40,8 +39,36 @@ pub use disassemble::{DisassembleSummary, disassemble};
 pub use getter::DirGetter;
 pub use record::FORMAT;
 
-/// Go's `crc64.MakeTable(crc64.ISO)`, as tar-split checksums file content.
-pub(crate) static CRC64: Crc<u64, Table<16>> = Crc::<u64, Table<16>>::new(&CRC_64_GO_ISO);
+/// The CRC-64 tar-split stores per file: Go's `crc64.ISO` table, i.e. the
+/// catalogue's CRC-64/GO-ISO, computed with SIMD carry-less multiplication.
+#[derive(Clone)]
+pub(crate) struct Crc64(crc_fast::Digest);
+
+impl Crc64 {
+    pub(crate) fn new() -> Self {
+        static PARAMS: std::sync::OnceLock<crc_fast::CrcParams> = std::sync::OnceLock::new();
+        let params = PARAMS.get_or_init(|| {
+            crc_fast::CrcParams::new("CRC-64/GO-ISO", 64, 0x1b, u64::MAX, true, u64::MAX, 0xb909_56c7_75a4_1001)
+        });
+        Crc64(crc_fast::Digest::new_with_params(*params))
+    }
+
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    pub(crate) fn finalize(self) -> u64 {
+        self.0.finalize()
+    }
+
+    /// The CRC of one buffer.
+    #[cfg(test)]
+    pub(crate) fn checksum(bytes: &[u8]) -> u64 {
+        let mut c = Crc64::new();
+        c.update(bytes);
+        c.finalize()
+    }
+}
 
 /// Where reassembly gets file contents, by their tar name (raw bytes).
 pub trait FileGetter: Send {

@@ -479,7 +479,7 @@ fn gz_lines(lines: &[String]) -> Vec<u8> {
 }
 
 fn crc_b64(content: &[u8]) -> String {
-    STANDARD.encode(CRC64.checksum(content).to_be_bytes())
+    STANDARD.encode(super::Crc64::checksum(content).to_be_bytes())
 }
 
 #[test]
