@@ -337,13 +337,12 @@ struct Tee {
 impl Read for Tee {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        if n > 0 {
-            if let Some(sink) = &self.sink
-                && sink.send(buf[..n].to_vec()).is_err()
-            {
-                self.recorder_stopped = true;
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "tar-split recorder stopped"));
-            }
+        if n > 0
+            && let Some(sink) = &self.sink
+            && sink.send(buf[..n].to_vec()).is_err()
+        {
+            self.recorder_stopped = true;
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "tar-split recorder stopped"));
         }
         Ok(n)
     }

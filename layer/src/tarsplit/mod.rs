@@ -42,7 +42,7 @@ pub use record::FORMAT;
 /// The CRC-64 tar-split stores per file: Go's `crc64.ISO` table, i.e. the
 /// catalogue's CRC-64/GO-ISO, computed with SIMD carry-less multiplication.
 #[derive(Clone)]
-pub(crate) struct Crc64(crc_fast::Digest);
+pub(crate) struct Crc64(Box<crc_fast::Digest>);
 
 impl Crc64 {
     pub(crate) fn new() -> Self {
@@ -50,7 +50,7 @@ impl Crc64 {
         let params = PARAMS.get_or_init(|| {
             crc_fast::CrcParams::new("CRC-64/GO-ISO", 64, 0x1b, u64::MAX, true, u64::MAX, 0xb909_56c7_75a4_1001)
         });
-        Crc64(crc_fast::Digest::new_with_params(*params))
+        Crc64(Box::new(crc_fast::Digest::new_with_params(*params)))
     }
 
     pub(crate) fn update(&mut self, bytes: &[u8]) {
