@@ -4,6 +4,7 @@
 //! `mount.rs`/`diff.rs` for the effects. [`registry::open`] picks one by name.
 
 pub mod btrfs;
+mod common;
 pub mod overlay;
 pub mod registry;
 pub mod testing;

@@ -29,17 +29,18 @@ mod check;
 mod ioctl;
 mod subvol;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use graphdriver::{CacheId, Capabilities, CreateOpts, Driver, DriverError, IoContext, IoError, Result};
-use rustix::fs::RenameFlags;
+
+use crate::common::{
+    Counts, blocking, list_ids, make_root, publish_staged, reject_storage_opts, remove_via_trash, unique,
+};
 
 pub use check::{BTRFS_SUPER_MAGIC, HostInfo};
 pub use ioctl::FsInfo;
@@ -51,7 +52,7 @@ const NAME: &str = "btrfs";
 pub struct Btrfs {
     home: PathBuf,
     /// `get` counts per layer. Never held across I/O.
-    refs: Mutex<HashMap<CacheId, u32>>,
+    refs: Counts,
     info: HostInfo,
 }
 
@@ -79,15 +80,11 @@ impl Btrfs {
             }
         }
         let info = check::probe(&home);
-        Ok(Btrfs { home, refs: Mutex::new(HashMap::new()), info })
+        Ok(Btrfs { home, refs: Counts::default(), info })
     }
 
     fn subvolume(&self, id: &CacheId) -> PathBuf {
         self.home.join("subvolumes").join(id.as_str())
-    }
-
-    fn refs(&self) -> std::sync::MutexGuard<'_, HashMap<CacheId, u32>> {
-        self.refs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The layer's subvolume, or `NotFound`.
@@ -110,24 +107,16 @@ impl Btrfs {
     }
 }
 
-/// A name no other staging or trash entry has.
-fn unique(id: &CacheId) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    format!("{id}-{}-{}-{nanos:x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+fn delete_tree(path: &Path) -> Result<()> {
+    Ok(subvol::destroy_tree(path)?)
+}
+
+fn is_layer(path: &Path) -> Result<bool> {
+    Ok(subvol::exists(path)?)
 }
 
 fn check_opts(opts: &CreateOpts) -> Result<()> {
-    if let Some(key) = opts.storage_opt.keys().next() {
-        return Err(match key.as_str() {
-            "size" => DriverError::Unsupported {
-                driver: NAME.into(),
-                why: "the size option needs btrfs quota groups, which this driver does not implement".into(),
-            },
-            _ => DriverError::InvalidArgument(format!("unknown btrfs storage option {key:?}")),
-        });
-    }
-    Ok(())
+    reject_storage_opts(NAME, opts, "the size option needs btrfs quota groups, which this driver does not implement")
 }
 
 fn create_blocking(home: &Path, id: &CacheId, parent: Option<&CacheId>) -> Result<()> {
@@ -148,31 +137,15 @@ fn create_blocking(home: &Path, id: &CacheId, parent: Option<&CacheId>) -> Resul
     let stage = home.join("staging").join(unique(id));
     let built = match &src {
         Some(src) => subvol::snapshot(src, &stage),
-        None => subvol::create(&stage).and_then(|()| {
-            std::os::unix::fs::lchown(&stage, Some(0), Some(0))
-                .and_then(|()| rustix::fs::chmod(&stage, rustix::fs::Mode::from_raw_mode(0o755)).map_err(Into::into))
-                .ctx("set owner and mode of", &stage)
-        }),
+        None => subvol::create(&stage).and_then(|()| make_root(&stage)),
     };
-    let res = built.map_err(DriverError::from).and_then(|()| {
-        match rustix::fs::renameat_with(rustix::fs::CWD, &stage, rustix::fs::CWD, &target, RenameFlags::NOREPLACE) {
-            Ok(()) => Ok(()),
-            Err(rustix::io::Errno::EXIST) | Err(rustix::io::Errno::NOTEMPTY) => {
-                Err(DriverError::AlreadyExists(id.to_string()))
-            }
-            Err(e) => Err(IoError::new("rename", &stage, e.into()).into()),
-        }
-    });
+    let res = built.map_err(DriverError::from).and_then(|()| publish_staged(&stage, &target, id));
     if res.is_err()
         && let Err(e) = subvol::destroy_tree(&stage)
     {
         tracing::warn!(driver = NAME, error = %e, "cannot clean up a failed create; destroyed at next start");
     }
     res
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| DriverError::Other(format!("blocking task failed: {e}")))?
 }
 
 #[async_trait]
@@ -192,42 +165,20 @@ impl Driver for Btrfs {
     async fn remove(&self, id: &CacheId) -> Result<()> {
         let dir = self.existing(id).await?;
         let trash = self.home.join("trash").join(unique(id));
-        let (d, t) = (dir.clone(), trash.clone());
-        // Renaming a subvolume is allowed; it leaves `subvolumes/<id>` free at once.
-        blocking(move || match fs::rename(&d, &t) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(DriverError::NotFound(d.display().to_string())),
-            Err(e) => Err(IoError::new("rename", &d, e).into()),
-        })
-        .await
-        .map_err(|e| match e {
-            DriverError::NotFound(_) => DriverError::NotFound(id.to_string()),
-            e => e,
-        })?;
-        self.refs().remove(id);
-        tracing::debug!(driver = NAME, %id, "removed");
-        // The layer is gone from view; a failed destroy is retried at start.
-        if let Err(e) = blocking(move || subvol::destroy_tree(&trash).map_err(DriverError::from)).await {
-            tracing::warn!(driver = NAME, %id, error = %e, "cannot destroy removed layer; retried at next start");
-        }
+        remove_via_trash(NAME, id, dir, trash, delete_tree).await?;
+        self.refs.forget(id);
         Ok(())
     }
 
     async fn get(&self, id: &CacheId, _mount_label: &str) -> Result<PathBuf> {
         let dir = self.existing(id).await?;
-        *self.refs().entry(id.clone()).or_insert(0) += 1;
+        self.refs.take(id);
         Ok(dir)
     }
 
     async fn put(&self, id: &CacheId) -> Result<()> {
         self.existing(id).await?;
-        let mut refs = self.refs();
-        if let Some(n) = refs.get_mut(id) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                refs.remove(id);
-            }
-        }
+        self.refs.release(id);
         Ok(())
     }
 
@@ -243,7 +194,7 @@ impl Driver for Btrfs {
         let dir = self.existing(id).await?;
         let d = dir.clone();
         let subvolume_id = blocking(move || Ok(subvol::id(&d)?)).await?;
-        let refs = self.refs().get(id).copied().unwrap_or(0);
+        let refs = self.refs.count(id);
         Ok(BTreeMap::from([
             ("dir".to_string(), dir.display().to_string()),
             ("subvolume_id".to_string(), subvolume_id.to_string()),
@@ -257,21 +208,7 @@ impl Driver for Btrfs {
     }
 
     async fn ids(&self) -> Result<Vec<CacheId>> {
-        let dir = self.home.join("subvolumes");
-        blocking(move || {
-            let mut ids = Vec::new();
-            for entry in fs::read_dir(&dir).ctx("read dir", &dir)? {
-                let entry = entry.ctx("read dir", &dir)?;
-                let name = entry.file_name();
-                match name.to_str().map(CacheId::parse) {
-                    Some(Ok(id)) if subvol::exists(&entry.path())? => ids.push(id),
-                    _ => tracing::warn!(driver = NAME, name = ?name, "ignoring a stray entry in subvolumes/"),
-                }
-            }
-            ids.sort();
-            Ok(ids)
-        })
-        .await
+        list_ids(NAME, self.home.join("subvolumes"), is_layer).await
     }
 
     fn capabilities(&self) -> Capabilities {

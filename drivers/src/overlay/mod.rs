@@ -218,9 +218,7 @@ fn check_opts(opts: &CreateOpts) -> Result<()> {
     Ok(())
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| DriverError::Other(format!("blocking task failed: {e}")))?
-}
+use crate::common::blocking;
 
 #[async_trait]
 impl Driver for Overlay {
