@@ -22,6 +22,10 @@ impl Digest {
         hex::encode(self.0)
     }
 
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Digest(bytes)
+    }
+
     pub fn parse(s: &str) -> Result<Self, LayerStoreError> {
         let bad = || LayerStoreError::InvalidDigest(truncate_for_error(s));
         let hexpart = s.strip_prefix("sha256:").ok_or_else(bad)?;

@@ -11,6 +11,7 @@
 //!   ChainID; creation is staged outside every lock and published by a rename
 //!   plus a map insert; deletion unpublishes and defers the rm to a trash dir.
 
+pub mod checkpoint;
 pub mod compress;
 pub mod digest;
 mod error;

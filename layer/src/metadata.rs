@@ -140,6 +140,20 @@ impl LayerDb {
         Ok(())
     }
 
+    /// The SHA-256 checkpoints of the layer's tar (see `checkpoint`).
+    pub fn write_checkpoints(tx: &Path, rec: &crate::checkpoint::Record) -> Result<()> {
+        let json =
+            serde_json::to_vec(rec).map_err(|e| LayerStoreError::Internal(format!("encode checkpoints: {e}")))?;
+        write_synced(&tx.join(crate::checkpoint::FILE), &json)
+    }
+
+    /// The layer's checkpoints, if it has a usable record.
+    pub fn read_checkpoints(&self, chain: &ChainId) -> Option<crate::checkpoint::Checkpoints> {
+        let bytes = fs::read(self.layer_dir(chain).join(crate::checkpoint::FILE)).ok()?;
+        let rec: crate::checkpoint::Record = serde_json::from_slice(&bytes).ok()?;
+        crate::checkpoint::Checkpoints::from_record(&rec)
+    }
+
     /// Publish a transaction dir at `target` (which must not exist).
     fn commit(tx: &Path, target: &Path) -> Result<()> {
         sync_dir(tx)?;

@@ -709,3 +709,29 @@ async fn pax_records_with_newlines_in_values_import_and_export_exactly() {
     assert!(!env.root.join("vfs/dir").join(&l.cache_id).join("placeholder").exists());
     assert_eq!(export(&store, &l.chain_id).await.unwrap(), t);
 }
+
+/// Exports verify in parallel from the SHA-256 checkpoints recorded at
+/// registration; a layer without them (as Docker writes layers) falls back
+/// to one sequential check. Both catch damage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_verifies_with_and_without_checkpoints() {
+    let env = Env::new();
+    let store = env.open().await;
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let t = tar_of(&[("big", &big), ("small", b"s")]);
+    let l = register(&store, &t, None).await;
+    let cp = env.layerdb().join("sha256").join(l.chain_id.hex()).join(layer::checkpoint::FILE);
+    assert!(cp.is_file(), "registration records checkpoints");
+    assert_eq!(export(&store, &l.chain_id).await.unwrap(), t);
+    let f = env.root.join("vfs/dir").join(&l.cache_id).join("big");
+    let mut damaged = big.clone();
+    damaged[2_500_000] ^= 1;
+    std::fs::write(&f, &damaged).unwrap();
+    assert_eq!(export(&store, &l.chain_id).await.unwrap_err().kind(), std::io::ErrorKind::InvalidData);
+    std::fs::remove_file(&cp).unwrap();
+    assert_eq!(export(&store, &l.chain_id).await.unwrap_err().kind(), std::io::ErrorKind::InvalidData);
+    std::fs::write(&f, &big).unwrap();
+    assert_eq!(export(&store, &l.chain_id).await.unwrap(), t, "no checkpoints: sequential check");
+    std::fs::write(&cp, b"{not json").unwrap();
+    assert_eq!(export(&store, &l.chain_id).await.unwrap(), t, "unusable checkpoints: sequential check");
+}

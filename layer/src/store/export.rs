@@ -9,6 +9,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use graphdriver::{CacheId, IoContext, TarReader};
 
 use super::{Inner, blocking};
+use crate::checkpoint::{ParallelVerifier, Segments};
 use crate::digest::{ChainId, VerifyingReader};
 use crate::error::{LayerStoreError, Result};
 use crate::tarsplit::{Assembler, DirGetter};
@@ -27,13 +28,24 @@ impl Inner {
             }
         };
         let path = self.db.tar_split_path(chain);
-        let file = blocking(move || Ok(File::open(&path).ctx("open", &path)?)).await?;
+        let (db, c) = (self.db.clone(), chain.clone());
+        let (file, checkpoints) =
+            blocking(move || Ok((File::open(&path).ctx("open", &path)?, db.read_checkpoints(&c)))).await?;
         let asm = Assembler::new(Box::new(file), DirGetter::new(dir));
-        // Three stages on their own threads, like `tar -c | sha256sum | …`:
-        // the assembler (file reads, CRC-64), the SHA-256 check against the
-        // DiffID, and the caller's reads. A mismatch reaches the caller as
-        // the error of its last read, never as a clean end of stream.
-        let verified = VerifyingReader::new(Pipelined::spawn(asm), meta.diff_id.0.clone());
+        // The assembler (file reads, CRC-64) runs on its own thread, a few
+        // chunks ahead; the SHA-256 check against the DiffID runs on the
+        // others. A mismatch reaches the caller as the error of its last
+        // read, never as a clean end of stream.
+        let verified: TarReader = match checkpoints {
+            // Segments verified on every core (see `checkpoint`), handed
+            // over whole from the assembler's thread.
+            Some(cp) => {
+                let chunks = Pipelined::spawn_chunked(asm, cp.segment());
+                Box::new(ParallelVerifier::new(chunks, cp, meta.diff_id.0.clone()))
+            }
+            // A layer without checkpoints (Docker's): one sequential check.
+            None => Box::new(VerifyingReader::new(Pipelined::spawn(asm), meta.diff_id.0.clone())),
+        };
         Ok(Box::new(Guarded { inner: verified, _put: put }))
     }
 }
@@ -53,13 +65,18 @@ impl Pipelined {
     const CHUNK: usize = 256 * 1024;
     const DEPTH: usize = 4;
 
-    fn spawn<R: Read + Send + 'static>(mut src: R) -> Self {
+    fn spawn<R: Read + Send + 'static>(src: R) -> Self {
+        Self::spawn_chunked(src, Self::CHUNK)
+    }
+
+    /// Chunks of exactly `chunk` bytes but the last.
+    fn spawn_chunked<R: Read + Send + 'static>(mut src: R, chunk_len: usize) -> Self {
         let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(Self::DEPTH);
         let (back, spare) = sync_channel::<Vec<u8>>(Self::DEPTH + 2);
         std::thread::spawn(move || {
             loop {
-                let mut chunk = spare.try_recv().unwrap_or_else(|_| vec![0u8; Self::CHUNK]);
-                chunk.resize(Self::CHUNK, 0);
+                let mut chunk = spare.try_recv().unwrap_or_else(|_| vec![0u8; chunk_len]);
+                chunk.resize(chunk_len, 0);
                 let mut filled = 0;
                 let res = loop {
                     match src.read(&mut chunk[filled..]) {
@@ -75,7 +92,7 @@ impl Pipelined {
                     }
                 };
                 chunk.truncate(filled);
-                let last = filled < Self::CHUNK;
+                let last = filled < chunk_len;
                 if filled > 0 && tx.send(Ok(chunk)).is_err() {
                     return;
                 }
@@ -89,6 +106,33 @@ impl Pipelined {
             }
         });
         Pipelined { rx, back, buf: Vec::new(), pos: 0, done: false }
+    }
+}
+
+/// Whole chunks for the parallel verifier: no copy into segment buffers.
+impl Segments for Pipelined {
+    fn next_segment(&mut self, _size: usize) -> io::Result<Vec<u8>> {
+        if self.pos < self.buf.len() {
+            // Part of a chunk was read through `Read`: hand out the rest.
+            let rest = self.buf.split_off(self.pos);
+            self.pos = 0;
+            self.buf.clear();
+            return Ok(rest);
+        }
+        if self.done {
+            return Ok(Vec::new());
+        }
+        match self.rx.recv() {
+            Ok(Ok(b)) => Ok(b),
+            Ok(Err(e)) => {
+                self.done = true;
+                Err(e)
+            }
+            Err(_) => {
+                self.done = true;
+                Ok(Vec::new())
+            }
+        }
     }
 }
 

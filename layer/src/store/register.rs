@@ -12,8 +12,9 @@ use tracing::{debug, info, warn};
 
 use super::graph::{LayerMeta, Published};
 use super::{FlightKey, Inner, blocking, layer_info};
+use crate::checkpoint::CheckpointHasher;
 use crate::compress::decompressed;
-use crate::digest::{ChainId, DiffId, Digest, Hasher};
+use crate::digest::{ChainId, DiffId, Digest};
 use crate::error::{LayerStoreError, Result};
 use crate::flight::Role;
 use crate::metadata::{LayerDb, LayerRecord, TAR_SPLIT, remove_any};
@@ -314,17 +315,21 @@ impl Inner {
     }
 }
 
-/// The recorder thread: hash every byte (the DiffID) and record the
-/// tar-split. The disassembler reads its input to the end, so on success the
-/// digest covers the whole stream.
+/// The recorder thread: hash every byte (the DiffID, with checkpoints for a
+/// parallel export check) and record the tar-split. The disassembler reads
+/// its input to the end, so on success the digest covers the whole stream.
 fn record_tar_split(chunks: Receiver<Vec<u8>>, path: &Path) -> Result<Digest> {
     let file = File::create(path).ctx("create", path)?;
     let mut w = BufWriter::new(file);
-    let mut input = ChannelReader { rx: chunks, buf: Vec::new(), pos: 0, hasher: Hasher::new() };
+    let mut input = ChannelReader { rx: chunks, buf: Vec::new(), pos: 0, hasher: CheckpointHasher::default() };
     tarsplit::disassemble(&mut input, &mut w)?;
     let file = w.into_inner().map_err(|e| e.into_error()).ctx("write", path)?;
     file.sync_all().ctx("fsync", path)?;
-    Ok(input.hasher.finish())
+    let (digest, checkpoints) = input.hasher.finish();
+    if let Some(dir) = path.parent() {
+        LayerDb::write_checkpoints(dir, &checkpoints.to_record())?;
+    }
+    Ok(digest)
 }
 
 /// Copies to the tar-split recorder every byte the extractor reads.
@@ -360,7 +365,7 @@ struct ChannelReader {
     rx: Receiver<Vec<u8>>,
     buf: Vec<u8>,
     pos: usize,
-    hasher: Hasher,
+    hasher: CheckpointHasher,
 }
 
 impl Read for ChannelReader {
