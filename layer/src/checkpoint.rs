@@ -106,7 +106,7 @@ impl Checkpoints {
 
     /// Validate a record read from disk; `None` if it can't be used.
     pub fn from_record(r: &Record) -> Option<Checkpoints> {
-        if r.version != 1 || r.segment == 0 || r.segment % 64 != 0 {
+        if r.version != 1 || r.segment == 0 || !r.segment.is_multiple_of(64) {
             return None;
         }
         let full = if r.length == 0 { 0 } else { (r.length - 1) / r.segment as u64 };
