@@ -416,15 +416,31 @@ async fn main() {
     let only = std::env::var("LAYERD_BENCH_ONLY").unwrap_or_default();
     let wanted = |n: &str| only.is_empty() || only.split(',').any(|o| o.trim() == n);
     if wanted("1") {
+        // Start each scenario on a quiet disk: the previous one's deletions
+        // and writeback must not be measured here.
+        sync_fs();
+        tokio::time::sleep(Duration::from_secs(2)).await;
         bench_removals(&mut b).await;
     }
     if wanted("2") {
+        // Start each scenario on a quiet disk: the previous one's deletions
+        // and writeback must not be measured here.
+        sync_fs();
+        tokio::time::sleep(Duration::from_secs(2)).await;
         bench_list_during_delete(&mut b).await;
     }
     if wanted("3") {
+        // Start each scenario on a quiet disk: the previous one's deletions
+        // and writeback must not be measured here.
+        sync_fs();
+        tokio::time::sleep(Duration::from_secs(2)).await;
         bench_duplicate_registrations(&mut b).await;
     }
     if wanted("4") {
+        // Start each scenario on a quiet disk: the previous one's deletions
+        // and writeback must not be measured here.
+        sync_fs();
+        tokio::time::sleep(Duration::from_secs(2)).await;
         bench_throughput(&mut b).await;
     }
 }
