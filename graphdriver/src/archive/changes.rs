@@ -28,8 +28,8 @@ use crate::error::{ArchiveError, IoContext};
 
 /// What the comparison looks at, per path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Stat {
-    mode: u32,
+pub(super) struct Stat {
+    pub(super) mode: u32,
     uid: u32,
     gid: u32,
     rdev: u64,
@@ -40,11 +40,34 @@ struct Stat {
 }
 
 impl Stat {
-    fn is_dir(&self) -> bool {
+    /// What change detection compares of a path (overlay's own xattrs left out).
+    pub(super) fn of(path: &Path, md: &fs::Metadata) -> Result<Stat, crate::IoError> {
+        let link = if md.file_type().is_symlink() {
+            Some(fs::read_link(path).ctx("readlink", path)?.into_os_string())
+        } else {
+            None
+        };
+        let mut xattrs = list_xattrs(path).ctx("list xattrs of", path)?;
+        xattrs.retain(|(k, _)| !is_overlay_xattr(k));
+        Ok(Stat {
+            mode: md.mode(),
+            uid: md.uid(),
+            gid: md.gid(),
+            rdev: md.rdev(),
+            size: md.size(),
+            mtime: (md.mtime(), md.mtime_nsec()),
+            link,
+            xattrs,
+        })
+    }
+
+    pub(super) fn is_dir(&self) -> bool {
         self.mode & libc::S_IFMT == libc::S_IFDIR
     }
 
-    fn differs(&self, new: &Stat) -> bool {
+    /// moby's rule: a directory's size and mtime don't count; mtimes are
+    /// equal when the seconds match and either side lacks nanoseconds.
+    pub(super) fn differs(&self, new: &Stat) -> bool {
         let same_time =
             self.mtime.0 == new.mtime.0 && (self.mtime.1 == new.mtime.1 || self.mtime.1 == 0 || new.mtime.1 == 0);
         self.mode != new.mode
@@ -72,23 +95,7 @@ impl Node {
 
 fn stat(path: &Path) -> Result<Stat, ArchiveError> {
     let md = fs::symlink_metadata(path).ctx("lstat", path)?;
-    let link = if md.file_type().is_symlink() {
-        Some(fs::read_link(path).ctx("readlink", path)?.into_os_string())
-    } else {
-        None
-    };
-    let mut xattrs = list_xattrs(path).ctx("list xattrs of", path)?;
-    xattrs.retain(|(k, _)| !is_overlay_xattr(k));
-    Ok(Stat {
-        mode: md.mode(),
-        uid: md.uid(),
-        gid: md.gid(),
-        rdev: md.rdev(),
-        size: md.size(),
-        mtime: (md.mtime(), md.mtime_nsec()),
-        link,
-        xattrs,
-    })
+    Ok(Stat::of(path, &md)?)
 }
 
 /// Read the tree below `dir` (the root's own stat is not kept).

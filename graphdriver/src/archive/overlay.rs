@@ -28,8 +28,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::fs::list_xattrs;
-use super::whiteout::{OVERLAY_OPAQUE_XATTR, is_overlay_xattr};
+use super::whiteout::OVERLAY_OPAQUE_XATTR;
 use crate::driver::{Change, ChangeKind};
 use crate::error::{ArchiveError, IoContext, IoError};
 
@@ -92,56 +91,7 @@ fn walk_err(root: &Path, e: walkdir::Error) -> ArchiveError {
     IoError::new("walk", path, e.into()).into()
 }
 
-/// What the comparison looks at (the rules of `changes.rs`).
-#[derive(Debug, PartialEq, Eq)]
-struct Stat {
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    rdev: u64,
-    size: u64,
-    mtime: (i64, i64),
-    link: Option<OsString>,
-    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-impl Stat {
-    fn of(path: &Path, md: &Metadata) -> Result<Stat, IoError> {
-        let link = if md.file_type().is_symlink() {
-            Some(fs::read_link(path).ctx("readlink", path)?.into_os_string())
-        } else {
-            None
-        };
-        let mut xattrs = list_xattrs(path).ctx("list xattrs of", path)?;
-        xattrs.retain(|(k, _)| !is_overlay_xattr(k));
-        Ok(Stat {
-            mode: md.mode(),
-            uid: md.uid(),
-            gid: md.gid(),
-            rdev: md.rdev(),
-            size: md.size(),
-            mtime: (md.mtime(), md.mtime_nsec()),
-            link,
-            xattrs,
-        })
-    }
-
-    fn is_dir(&self) -> bool {
-        self.mode & libc::S_IFMT == libc::S_IFDIR
-    }
-
-    fn differs(&self, new: &Stat) -> bool {
-        let same_time =
-            self.mtime.0 == new.mtime.0 && (self.mtime.1 == new.mtime.1 || self.mtime.1 == 0 || new.mtime.1 == 0);
-        self.mode != new.mode
-            || self.uid != new.uid
-            || self.gid != new.gid
-            || self.rdev != new.rdev
-            || (!self.is_dir() && (!same_time || self.size != new.size))
-            || self.link != new.link
-            || self.xattrs != new.xattrs
-    }
-}
+use super::changes::Stat;
 
 /// A path as the lower layers show it: its stat, and (for a directory) the
 /// lower directories merged at that path, topmost first.
@@ -270,6 +220,8 @@ fn walk(dir: &Path, rel: &str, stack: &[PathBuf], opaque: bool, out: &mut Vec<Ch
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::symlink;
+
+    use crate::archive::fs::list_xattrs;
 
     use rustix::fs::{FileType, Mode, XattrFlags, makedev, mknodat};
 
