@@ -46,13 +46,7 @@ impl Inner {
         };
         let (rws, known_names) = {
             let m = self.mounts.lock();
-            let rws: Vec<Arc<RwEntry>> = m
-                .values()
-                .filter_map(|s| match s {
-                    MountSlot::Ready(e) => Some(e.clone()),
-                    MountSlot::Reserved => None,
-                })
-                .collect();
+            let rws: Vec<Arc<RwEntry>> = m.values().filter_map(MountSlot::ready).collect();
             for e in &rws {
                 known_ids.insert(e.mount_id.clone());
                 known_ids.extend(e.init_id.clone());

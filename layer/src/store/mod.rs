@@ -131,6 +131,11 @@ fn layer_info(meta: &LayerMeta, c: Counts) -> LayerInfo {
 }
 
 impl Inner {
+    /// A copy of every published RW layer (the map lock held for the copy only).
+    fn ready_rw(&self) -> Vec<Arc<rw::RwEntry>> {
+        self.mounts.lock().values().filter_map(MountSlot::ready).collect()
+    }
+
     fn info_of(&self, chain: &ChainId) -> Result<LayerInfo> {
         let g = self.layers.lock();
         let (meta, c) = g.get(chain).ok_or_else(|| LayerStoreError::LayerNotFound(chain.to_string()))?;
@@ -257,15 +262,7 @@ impl Store {
     /// Every RW layer, sorted by name.
     pub fn list_rw(&self) -> Vec<RwInfo> {
         let _global = self.inner.coarse_read();
-        let entries: Vec<Arc<rw::RwEntry>> = {
-            let m = self.inner.mounts.lock();
-            m.values()
-                .filter_map(|s| match s {
-                    MountSlot::Ready(e) => Some(e.clone()),
-                    MountSlot::Reserved => None,
-                })
-                .collect()
-        };
+        let entries = self.inner.ready_rw();
         let mut out: Vec<RwInfo> = entries.iter().map(|e| e.info()).collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
@@ -348,15 +345,7 @@ impl Store {
     /// Wait for background deletions and undo the driver's mounts.
     pub async fn shutdown(&self) -> Result<()> {
         self.settle().await;
-        let mounted: Vec<Arc<rw::RwEntry>> = {
-            let m = self.inner.mounts.lock();
-            m.values()
-                .filter_map(|s| match s {
-                    MountSlot::Ready(e) => Some(e.clone()),
-                    MountSlot::Reserved => None,
-                })
-                .collect()
-        };
+        let mounted = self.inner.ready_rw();
         for e in mounted {
             e.forget_mounts();
         }

@@ -44,6 +44,16 @@ pub(crate) enum MountSlot {
     Ready(Arc<RwEntry>),
 }
 
+impl MountSlot {
+    /// The entry, if published (a reservation is absent to readers).
+    pub fn ready(&self) -> Option<Arc<RwEntry>> {
+        match self {
+            MountSlot::Ready(e) => Some(e.clone()),
+            MountSlot::Reserved => None,
+        }
+    }
+}
+
 pub(crate) struct RwEntry {
     pub name: RwName,
     pub mount_id: CacheId,
