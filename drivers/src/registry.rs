@@ -69,6 +69,41 @@ pub fn select(root: &Path) -> Result<(&'static str, Arc<dyn Driver>, Vec<String>
     Err(DriverError::Unsupported { driver: "any".into(), why: passed.join("; ") })
 }
 
+/// Open the named built-in driver with its home exactly at `home` (a plugin
+/// server is told its home by dockerd's `Init`; no `<name>` is appended).
+pub fn open_in(name: &str, home: &Path) -> Result<Arc<dyn Driver>> {
+    match name {
+        "vfs" => Ok(Arc::new(crate::vfs::Vfs::new(home)?)),
+        "overlay" | "overlay2" => Ok(Arc::new(crate::overlay::Overlay::new(home)?)),
+        "btrfs" => Ok(Arc::new(crate::btrfs::Btrfs::new(home)?)),
+        other => Err(DriverError::Unsupported {
+            driver: other.to_string(),
+            why: format!("no such driver; built in: {}", BUILTIN.join(", ")),
+        }),
+    }
+}
+
+/// The automatic choice for a driver whose home is `home` itself: the
+/// driver whose layout the home already holds (vfs `dir/`, btrfs
+/// `subvolumes/`, overlay `l/`), else the first of [`PRIORITY`] this host
+/// supports. Returns the name and the driver.
+pub fn select_in(home: &Path) -> Result<(&'static str, Arc<dyn Driver>)> {
+    for (name, marker) in [("vfs", "dir"), ("btrfs", "subvolumes"), ("overlay", "l")] {
+        if home.join(marker).is_dir() {
+            return open_in(name, home).map(|d| (name, d));
+        }
+    }
+    let mut passed = Vec::new();
+    for name in PRIORITY {
+        match open_in(name, home) {
+            Ok(d) => return Ok((name, d)),
+            Err(e @ DriverError::Unsupported { .. }) => passed.push(e.to_string()),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(DriverError::Unsupported { driver: "any".into(), why: passed.join("; ") })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
