@@ -61,9 +61,12 @@ impl conformance::Factory for ThroughPlugin {
             drivers::registry::open_in(inner, home)
         });
         let server = PluginServer::new(opener, Some(root.join("plugin-state.json")));
-        let socket = root.join("p.sock");
+        // Socket paths are short (108 bytes); case roots may not be.
+        let sock_dir = tempfile::Builder::new().prefix("pl").tempdir_in("/tmp").unwrap();
+        let socket = sock_dir.path().join("p.sock");
         let listener = tokio::net::UnixListener::bind(&socket).unwrap();
         tokio::spawn(async move {
+            let _dir = sock_dir;
             axum::serve(listener, plugin::router(server)).await.unwrap();
         });
         let opts = ClientOptions { call_timeout: Duration::from_secs(120), ..Default::default() };
