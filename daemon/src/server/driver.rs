@@ -64,8 +64,9 @@ fn valid_plugin_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
-/// Construct the driver, its home being `<root>/<driver name>`.
-pub fn open(spec: &DriverSpec, root: &Path) -> anyhow::Result<Arc<dyn Driver>> {
+/// Construct the driver, its home being `<root>/<driver name>` (for a
+/// plugin, `<root>/<plugin name>`, as dockerd does it).
+pub async fn open(spec: &DriverSpec, root: &Path) -> anyhow::Result<Arc<dyn Driver>> {
     match spec {
         DriverSpec::Auto => {
             let (name, driver, passed) =
@@ -76,8 +77,13 @@ pub fn open(spec: &DriverSpec, root: &Path) -> anyhow::Result<Arc<dyn Driver>> {
             tracing::info!(driver = name, "driver chosen automatically");
             Ok(driver)
         }
-        DriverSpec::Plugin(_) => {
-            bail!("driver {spec} is not available yet (built in: {})", drivers::registry::BUILTIN.join(", "))
+        DriverSpec::Plugin(name) => {
+            let home = root.join(name);
+            let d = plugin::PluginDriver::connect(name, &home, plugin::ClientOptions::default())
+                .await
+                .with_context(|| format!("use graphdriver plugin {name} (home {})", home.display()))?;
+            tracing::info!(plugin = %name, addr = %d.addr(), "graphdriver plugin activated and initialised");
+            Ok(d)
         }
         builtin => {
             let name = builtin.name();
@@ -112,10 +118,11 @@ mod tests {
         assert!("plugin:a/b".parse::<DriverSpec>().is_err());
     }
 
-    #[test]
-    fn unavailable_drivers_say_so() {
+    #[tokio::test]
+    async fn a_missing_plugin_says_where_it_was_looked_for() {
         let dir = std::path::Path::new("/nonexistent");
-        let msg = open(&DriverSpec::Plugin("p".into()), dir).err().unwrap().to_string();
-        assert!(msg.contains("is not available yet"), "{msg}");
+        let name = format!("layerd-test-absent-{}", std::process::id());
+        let msg = format!("{:#}", open(&DriverSpec::Plugin(name.clone()), dir).await.err().unwrap());
+        assert!(msg.contains(&name) && msg.contains("/run/docker/plugins"), "{msg}");
     }
 }

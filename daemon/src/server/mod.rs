@@ -13,6 +13,7 @@ pub mod extract;
 pub mod layers;
 pub mod metrics;
 pub mod openapi;
+pub mod plugin;
 pub mod routes;
 pub mod rw;
 pub mod socket;
@@ -67,7 +68,11 @@ pub struct Config {
 
 /// The `layerd` binary.
 pub fn main() -> ExitCode {
-    let config = match Config::load_from(std::env::args_os(), Path::new(config::DEFAULT_PATH)) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "plugin") {
+        return plugin::main(args.into_iter().skip(1).collect());
+    }
+    let config = match Config::load_from(args, Path::new(config::DEFAULT_PATH)) {
         Ok(c) => c,
         Err(config::LoadError::Flags(e)) => e.exit(),
         Err(config::LoadError::Config(e)) => {
@@ -103,7 +108,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Lock the root before the driver exists: its constructor cleans crash
     // leftovers in its home, which must never happen under a live daemon.
     let lock = layer::RootLock::acquire(&config.root)?;
-    let driver = driver::open(&config.driver, &config.root)?;
+    let driver = driver::open(&config.driver, &config.root).await?;
     let store = Store::open_locked(lock, driver, layer::StoreOptions::default())
         .await
         .with_context(|| format!("open the layer store in {}", config.root.display()))?;
