@@ -129,6 +129,8 @@ impl GoObject {
                 .iter()
                 .map(|(k, v)| match v {
                     Value::String(s) => Ok((k.clone(), s.clone())),
+                    // Go stores null as the zero value.
+                    Value::Null => Ok((k.clone(), String::new())),
                     other => Err(bad(format!("field {name}.{k}: want a string, got {}", kind_of(other)))),
                 })
                 .collect(),
