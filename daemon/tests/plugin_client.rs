@@ -75,6 +75,8 @@ fn layer_tar() -> Vec<u8> {
         let mut h = tar::Header::new_ustar();
         h.set_mode(0o644);
         h.set_mtime(1_600_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_size(data.len() as u64);
         b.append_data(&mut h, path, data).unwrap();
     }
