@@ -40,7 +40,7 @@ use crate::wire::{self, GoObject, InitRequest, LayerRequest};
 type ReqBody = UnsyncBoxBody<Bytes, io::Error>;
 
 /// Bytes per chunk of an `ApplyDiff` upload.
-const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = 256 * 1024;
 
 /// How the client connects and how long it waits.
 #[derive(Debug, Clone)]
