@@ -304,7 +304,17 @@ fn dockerd_runs_on_layerd_plugin() {
     assert_eq!(out, "hello from layer two\n");
 
     // dockerd restarts; a stopped container still starts, its data kept.
-    d.ok(&["create", "--network", "none", "--name", "keep", "layerd/test:1", "/bin/sh", "-c", "echo run >> /state; cat /state"]);
+    d.ok(&[
+        "create",
+        "--network",
+        "none",
+        "--name",
+        "keep",
+        "layerd/test:1",
+        "/bin/sh",
+        "-c",
+        "echo run >> /state; cat /state",
+    ]);
     assert_eq!(d.ok(&["start", "-a", "keep"]), "run\n");
     d.restart();
     assert_eq!(d.ok(&["start", "-a", "keep"]), "run\nrun\n");

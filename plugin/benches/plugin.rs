@@ -79,10 +79,9 @@ async fn drivers(base: &Path) -> (Arc<dyn Driver>, Arc<dyn Driver>) {
     let sock = base.join("p.sock");
     let listener = tokio::net::UnixListener::bind(&sock).unwrap();
     tokio::spawn(async move { axum::serve(listener, plugin::router(server)).await.unwrap() });
-    let remote =
-        PluginDriver::connect_addr("bench", Addr::Unix(sock), &base.join("plugin"), ClientOptions::default())
-            .await
-            .unwrap();
+    let remote = PluginDriver::connect_addr("bench", Addr::Unix(sock), &base.join("plugin"), ClientOptions::default())
+        .await
+        .unwrap();
     (direct, remote)
 }
 

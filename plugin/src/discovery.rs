@@ -109,7 +109,8 @@ pub fn discover(name: &str, dirs: &Dirs) -> Result<Addr, DriverError> {
             }
         }
     }
-    let mut looked: Vec<String> = candidates(&dirs.sockets, name, "sock").iter().map(|p| p.display().to_string()).collect();
+    let mut looked: Vec<String> =
+        candidates(&dirs.sockets, name, "sock").iter().map(|p| p.display().to_string()).collect();
     looked.extend(dirs.specs.iter().map(|d| format!("{}/{name}.{{spec,json}}", d.display())));
     Err(DriverError::NotFound(format!("plugin {name}: no socket or spec file (looked at {})", looked.join(", "))))
 }

@@ -73,6 +73,7 @@ pub struct PluginServer {
 }
 
 /// Why a call failed, and which status it answers with.
+#[derive(Debug)]
 struct CallError {
     kind: ErrorKind,
     message: String,
@@ -115,13 +116,14 @@ impl PluginServer {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("read plugin state {}: {e}", path.display())),
         };
-        let saved: SavedInit = serde_json::from_slice(&saved)
-            .map_err(|e| format!("plugin state {} is not valid: {e}", path.display()))?;
+        let saved: SavedInit =
+            serde_json::from_slice(&saved).map_err(|e| format!("plugin state {} is not valid: {e}", path.display()))?;
         if saved.version != 1 {
             return Err(format!("plugin state {} has version {}, want 1", path.display(), saved.version));
         }
         let home = PathBuf::from(&saved.init.home);
-        let driver = self.open(&saved.init).await.map_err(|e| format!("reopen the driver in {}: {e}", home.display()))?;
+        let driver =
+            self.open(&saved.init).await.map_err(|e| format!("reopen the driver in {}: {e}", home.display()))?;
         info!(home = %home.display(), driver = driver.name(), "driver reopened from saved Init");
         self.set_active(Some(Arc::new(Active { init: saved.init, driver })));
         Ok(Some(home))
@@ -342,7 +344,10 @@ fn raw_json(bytes: Vec<u8>) -> Response {
 
 async fn read_json(body: Body) -> Result<Bytes, CallError> {
     axum::body::to_bytes(body, wire::MAX_REQUEST).await.map_err(|e| {
-        CallError::new(ErrorKind::InvalidArgument, format!("request body unreadable or over {} bytes: {e}", wire::MAX_REQUEST))
+        CallError::new(
+            ErrorKind::InvalidArgument,
+            format!("request body unreadable or over {} bytes: {e}", wire::MAX_REQUEST),
+        )
     })
 }
 

@@ -101,9 +101,7 @@ impl GoObject {
     pub fn i64(&self, name: &str) -> Result<i64, WireError> {
         match self.get(name) {
             None => Ok(0),
-            Some(Value::Number(n)) => {
-                n.as_i64().ok_or_else(|| bad(format!("field {name}: {n} is not an int64")))
-            }
+            Some(Value::Number(n)) => n.as_i64().ok_or_else(|| bad(format!("field {name}: {n} is not an int64"))),
             Some(other) => Err(bad(format!("field {name}: want a number, got {}", kind_of(other)))),
         }
     }
@@ -229,11 +227,7 @@ impl InitRequest {
                 .iter()
                 .map(|v| {
                     let m = GoObject::from_value(v, name)?;
-                    Ok(IdMap {
-                        container_id: m.i64("container_id")?,
-                        host_id: m.i64("host_id")?,
-                        size: m.i64("size")?,
-                    })
+                    Ok(IdMap { container_id: m.i64("container_id")?, host_id: m.i64("host_id")?, size: m.i64("size")? })
                 })
                 .collect()
         };
@@ -249,9 +243,7 @@ impl InitRequest {
         let maps = |v: &[IdMap]| {
             Value::Array(
                 v.iter()
-                    .map(|m| {
-                        serde_json::json!({"container_id": m.container_id, "host_id": m.host_id, "size": m.size})
-                    })
+                    .map(|m| serde_json::json!({"container_id": m.container_id, "host_id": m.host_id, "size": m.size}))
                     .collect(),
             )
         };
@@ -367,10 +359,7 @@ pub fn change_kind_code(kind: ChangeKind) -> i64 {
 }
 
 pub fn encode_changes(changes: &[Change]) -> Vec<u8> {
-    let list = changes
-        .iter()
-        .map(|c| serde_json::json!({"Path": c.path, "Kind": change_kind_code(c.kind)}))
-        .collect();
+    let list = changes.iter().map(|c| serde_json::json!({"Path": c.path, "Kind": change_kind_code(c.kind)})).collect();
     let mut m = Map::new();
     m.insert("Changes".into(), Value::Array(list));
     encode_object(m)
@@ -430,8 +419,10 @@ mod tests {
 
     #[test]
     fn reads_what_dockerd_sends() {
-        let r = LayerRequest::parse(br#"{"ID":"abc","Parent":"p","StorageOpt":{"size":"1G"}}
-"#)
+        let r = LayerRequest::parse(
+            br#"{"ID":"abc","Parent":"p","StorageOpt":{"size":"1G"}}
+"#,
+        )
         .unwrap();
         assert_eq!((r.id.as_str(), r.parent.as_str()), ("abc", "p"));
         assert_eq!(r.storage_opt["size"], "1G");

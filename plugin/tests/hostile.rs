@@ -58,7 +58,10 @@ async fn garbage_replies_are_errors_not_misreadings() {
     let id = CacheId::random();
     for (reply, what) in [
         ((|_: &str| "not json".into_response()) as fn(&str) -> Response, "not JSON"),
-        (|_: &str| r#"{"Dir":"relative/path","Size":-5,"Changes":[{"Path":"x","Kind":9}]}"#.into_response(), "bad values"),
+        (
+            |_: &str| r#"{"Dir":"relative/path","Size":-5,"Changes":[{"Path":"x","Kind":9}]}"#.into_response(),
+            "bad values",
+        ),
         (|_: &str| r#"{"Dir":7,"Size":"1","Changes":"x","Metadata":[1]}"#.into_response(), "bad types"),
         (|_: &str| "[1,2,3]".into_response(), "an array"),
     ] {
@@ -181,7 +184,8 @@ async fn raw(sock: &Path, path: &str, body: Vec<u8>) -> (u16, String) {
     let stream = tokio::net::UnixStream::connect(sock).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
-    let req = Request::post(path).header("host", "p").body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+    let req =
+        Request::post(path).header("host", "p").body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
     let resp = sender.send_request(req).await.unwrap();
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -209,7 +213,8 @@ async fn the_server_refuses_what_dockerd_never_sends() {
     .await;
     assert_eq!(s, 501, "{b}");
     let home = state.path().join("home");
-    let (s, b) = raw(&sock, "/GraphDriver.Init", format!(r#"{{"Home":{:?}}}"#, home.display().to_string()).into_bytes()).await;
+    let (s, b) =
+        raw(&sock, "/GraphDriver.Init", format!(r#"{{"Home":{:?}}}"#, home.display().to_string()).into_bytes()).await;
     assert_eq!((s, b.trim()), (200, "{}"));
     for (path, body, want) in [
         ("/GraphDriver.Create", r#"{"ID":"../../etc"}"#.to_string(), 400),
@@ -249,4 +254,60 @@ fn hostile_tar() -> Vec<u8> {
     out.resize(1024, 0);
     out.extend_from_slice(&[0u8; 1024]);
     out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_apply_diff_blocks_no_other_id() {
+    let state = tempfile::tempdir().unwrap();
+    let opener: plugin::Opener = Arc::new(|home: &Path, _opts: &[String]| drivers::registry::open_in("vfs", home));
+    let server = PluginServer::new(opener, None);
+    let (_dir, sock) = serve(plugin::router(server));
+    let client = PluginDriver::connect_addr(
+        "s",
+        Addr::Unix(sock.clone()),
+        &state.path().join("home"),
+        opts(Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+    // Ten uploads that send half a header block and then nothing, as a
+    // dockerd stuck on a slow registry would.
+    let mut stuck = Vec::new();
+    for _ in 0..10 {
+        let id = CacheId::random();
+        client.create(&id, None, &CreateOpts::default()).await.unwrap();
+        let stream = tokio::net::UnixStream::connect(&sock).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        let half = futures_util::stream::iter([Ok::<_, std::io::Error>(hyper::body::Frame::data(bytes::Bytes::from(
+            vec![b'a'; 256],
+        )))]);
+        let body =
+            http_body_util::StreamBody::new(futures_util::StreamExt::chain(half, futures_util::stream::pending()));
+        let req =
+            Request::post(format!("/GraphDriver.ApplyDiff?id={id}&parent=")).header("host", "p").body(body).unwrap();
+        stuck.push(tokio::spawn(async move { sender.send_request(req).await }));
+    }
+    // Every other id goes on: 50 layers created, mounted, listed, removed.
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let d = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = CacheId::random();
+            d.create(&id, None, &CreateOpts::default()).await.unwrap();
+            d.get(&id, "").await.unwrap();
+            d.put(&id).await.unwrap();
+            d.remove(&id).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(60), t).await.expect("a call waited behind a stalled upload").unwrap();
+    }
+    assert!(client.ids().await.unwrap().len() >= 10);
+    assert!(stuck.iter().all(|t| !t.is_finished()), "a stalled upload was answered");
+    eprintln!("50 create/get/put/remove cycles beside 10 stalled uploads: {:?}", start.elapsed());
+    for t in stuck {
+        t.abort();
+    }
 }

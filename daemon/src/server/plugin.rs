@@ -114,8 +114,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .socket
         .clone()
         .unwrap_or_else(|| Path::new(plugin::discovery::SOCKETS_DIR).join(format!("{}.sock", args.name)));
-    let state_dir =
-        args.state_dir.clone().unwrap_or_else(|| Path::new("/var/lib/layerd/plugins").join(&args.name));
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| Path::new("/var/lib/layerd/plugins").join(&args.name));
     let server = PluginServer::new(opener(&args.driver)?, Some(state_dir.join("init.json")));
     let restored = server.restore().await.map_err(anyhow::Error::msg)?;
     let bound = socket::BoundSocket::bind(&socket_path)?;
