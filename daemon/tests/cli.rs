@@ -1191,7 +1191,7 @@ fn auto_driver_prefers_the_roots_own_then_overlay() {
     let fresh = dir.path().join("fresh");
     let _unmount = UnmountOnDrop(dir.path().to_owned());
     let mut d = Daemon::start_with(&fresh, &dir.path().join("a.sock"), &["--driver", "auto"]);
-    assert_eq!(d.json(&["info", "--format", "json"])["driver"], json!("overlay"));
+    assert_eq!(d.json(&["info", "--format", "json"])["driver"], json!("overlay2"));
     assert!(d.terminate().success());
 
     let used = dir.path().join("used");

@@ -14,7 +14,7 @@ use conformance::{Registry, run_suite_with};
 use super::{CliError, CliResult};
 
 pub async fn run(driver: &str, root: Option<PathBuf>, filter: Option<&str>) -> CliResult<ExitCode> {
-    if !drivers::registry::BUILTIN.contains(&driver) {
+    if drivers::registry::canonical(driver).is_none() {
         return Err(CliError::Usage(format!(
             "driver {driver} is not available (built in: {})",
             drivers::registry::BUILTIN.join(", ")

@@ -53,7 +53,7 @@ pub enum Command {
     /// process (no daemon needed; run as root). Ends with the line
     /// `N passed, M failed, K skipped`; exit 1 if any case failed.
     Conformance {
-        /// The driver to test: vfs, overlay or btrfs.
+        /// The driver to test: vfs, overlay2 (alias overlay) or btrfs.
         #[arg(long, value_name = "NAME")]
         driver: String,
         /// Where the per-case temp dirs go (btrfs: a dir on a btrfs filesystem).

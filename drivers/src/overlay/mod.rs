@@ -47,7 +47,9 @@ pub use check::HostInfo;
 use family::{Family, Removal};
 use layout::Layout;
 
-const NAME: &str = "overlay";
+/// Docker's name for this driver and its on-disk layout: the home is
+/// `<root>/overlay2`, the layer metadata `<root>/image/overlay2/layerdb`.
+const NAME: &str = "overlay2";
 
 /// A layer's mount count and where `get` put it.
 #[derive(Debug, Default)]
@@ -114,6 +116,12 @@ impl Overlay {
             family,
             relative_mounts: AtomicU64::new(0),
         })
+    }
+
+    /// Undo every mount below `dir` (a crash's leftovers), before the dir
+    /// is moved ([`crate::legacy`]).
+    pub(crate) fn unmount_all_under(dir: &std::path::Path) -> Result<usize> {
+        Ok(mount::unmount_all_under(dir).ctx("unmount leftovers under", dir)?)
     }
 
     /// What the start-up probe found.
@@ -1069,7 +1077,7 @@ mod tests {
     async fn status_options_and_the_registry() {
         let dir = disk_tempdir();
         let d = crate::registry::open("overlay", dir.path()).unwrap();
-        assert_eq!(d.name(), "overlay");
+        assert_eq!(d.name(), "overlay2", "the alias opens Docker's overlay2");
         assert_eq!(d.capabilities(), Capabilities { native_diff: true, diff_getter: true });
         let status: BTreeMap<_, _> = d.status().await.into_iter().collect();
         assert_eq!(status["Native Overlay Diff"], "true");
@@ -1077,7 +1085,7 @@ mod tests {
         assert!(status["Mount Options"].contains("index=off"), "{status:?}");
         assert_eq!(status["Redirect Dir"], "off (mount option)");
         assert!(!status["Backing Filesystem"].is_empty());
-        assert_eq!(d.scratch_dir(), dir.path().canonicalize().unwrap().join("overlay/tmp"));
+        assert_eq!(d.scratch_dir(), dir.path().canonicalize().unwrap().join("overlay2/tmp"));
         let mut o = opts();
         o.storage_opt.insert("size".into(), "10G".into());
         assert_eq!(d.create(&CacheId::random(), None, &o).await.unwrap_err().kind(), ErrorKind::Unsupported);
