@@ -86,10 +86,7 @@ pub fn select(root: &Path) -> Result<(&'static str, Arc<dyn Driver>, Vec<String>
     if let Some(name) = foreign.first() {
         return Err(DriverError::Unsupported {
             driver: (*name).to_string(),
-            why: format!(
-                "{} holds layers of Docker's {name} driver, which layerd does not implement",
-                root.display()
-            ),
+            why: format!("{} holds layers of Docker's {name} driver, which layerd does not implement", root.display()),
         });
     }
     match prior_drivers(root).as_slice() {

@@ -35,6 +35,6 @@ pub async fn run(driver: &str, root: Option<PathBuf>, filter: Option<&str>) -> C
     if !details.is_empty() {
         eprintln!("{details}");
     }
-    println!("{}", report.summary());
+    outln!("{}", report.summary());
     Ok(if report.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

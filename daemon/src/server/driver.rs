@@ -53,7 +53,9 @@ impl FromStr for DriverSpec {
             _ => match s.strip_prefix("plugin:") {
                 Some(name) if valid_plugin_name(name) => Ok(DriverSpec::Plugin(name.to_owned())),
                 Some(name) => Err(format!("invalid plugin name {name:?}: want [A-Za-z0-9_.-]+")),
-                None => Err(format!("unknown driver {s:?}: want auto, vfs, overlay2 (or overlay), btrfs or plugin:NAME")),
+                None => {
+                    Err(format!("unknown driver {s:?}: want auto, vfs, overlay2 (or overlay), btrfs or plugin:NAME"))
+                }
             },
         }
     }
