@@ -1304,3 +1304,40 @@ fn a_closed_stdout_ends_layerctl_quietly() {
         assert!(err.is_empty(), "{args:?}: {err}");
     }
 }
+
+/// Issue 10: a root an earlier layerd wrote under the name `overlay` is
+/// moved to Docker's `overlay2` once, at start-up, and keeps its layers and
+/// RW layers; `overlay` stays a flag alias.
+#[test]
+fn an_earlier_layerd_overlay_root_migrates_to_overlay2_at_start_up() {
+    let dir = tempfile::Builder::new().prefix("layerd-mig").tempdir_in("/var/tmp").unwrap();
+    let (root, socket) = (dir.path().join("root"), dir.path().join("s.sock"));
+    let _unmount = UnmountOnDrop(root.clone());
+    let work = tempfile::tempdir().unwrap();
+    let tar = make_tar(&[("etc/hostname", b"box\n")]);
+    let f = write_file(work.path(), "l.tar", &tar);
+    let mut d = Daemon::start_with(&root, &socket, &["--driver", "overlay"]);
+    assert_eq!(d.json(&["info", "--format", "json"])["driver"], json!("overlay2"));
+    let chain = d.ok(&["layer", "import", f.to_str().unwrap()]).trim().to_owned();
+    d.ok(&["rw", "create", "c1", "--parent", &chain]);
+    assert!(d.terminate().success());
+    assert!(root.join("overlay2").is_dir() && root.join("image/overlay2/layerdb").is_dir());
+    // What an earlier layerd left: the same dirs under the name `overlay`.
+    std::fs::rename(root.join("overlay2"), root.join("overlay")).unwrap();
+    std::fs::rename(root.join("image/overlay2"), root.join("image/overlay")).unwrap();
+
+    let mut d = Daemon::start_with(&root, &socket, &["--driver", "auto"]);
+    assert_eq!(d.json(&["info", "--format", "json"])["driver"], json!("overlay2"));
+    assert_eq!(chain_ids(&d.json(&["layer", "ls", "--format", "json"])), vec![chain.clone()]);
+    assert_eq!(d.json(&["rw", "inspect", "c1"])["parent"], json!(chain));
+    let out = work.path().join("out.tar");
+    d.ok(&["layer", "export", &chain, "-o", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&out).unwrap(), tar);
+    assert!(d.terminate().success());
+    let mut top: Vec<String> =
+        std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    top.sort();
+    assert_eq!(top, ["image", "layerd.lock", "overlay2"], "no `overlay` dir left beside `overlay2`");
+    let image: Vec<_> = std::fs::read_dir(root.join("image")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(image, ["overlay2"]);
+}

@@ -238,7 +238,11 @@ impl Drop for Dockerd {
 const GRACE: Duration = Duration::from_secs(20);
 
 fn kill(pid: u32, sig: &str) -> bool {
-    Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// SIGTERM our child, then SIGKILL after [`GRACE`]; reap it.

@@ -307,7 +307,10 @@ fn a_docker_root_opens_in_layerd_and_still_runs_in_dockerd() -> Result<()> {
     // 4. A default dockerd still starts and runs containers on the copy.
     let mut d = Dockerd::start(DockerdOpts::new(&bin, &copy))?;
     assert_eq!(d.docker(&["info", "--format", "{{.Driver}}"])?.trim(), "overlay2");
-    assert_eq!(d.docker(&["run", "--rm", "--network", "none", "committed:1", "/bin/cat", "/new", "/etc/msg"])?, "new\nchanged\n");
+    assert_eq!(
+        d.docker(&["run", "--rm", "--network", "none", "committed:1", "/bin/cat", "/new", "/etc/msg"])?,
+        "new\nchanged\n"
+    );
     assert_eq!(d.docker(&["start", "-a", "c1"])?, "");
     d.stop()?;
     Ok(())
@@ -390,9 +393,9 @@ fn a_layerd_root_opens_in_a_default_dockerd_which_saves_every_layer_exactly() ->
         files.insert(e.path()?.into_owned(), v);
     }
     let manifest = String::from_utf8(files[Path::new("manifest.json")].clone())?;
-    let layers: Vec<&str> = manifest.split("\"Layers\":[").nth(1).unwrap().split(']').next().unwrap().split(',').collect();
-    let saved_ids: Vec<String> =
-        layers.iter().map(|l| sha256(&files[Path::new(l.trim_matches('"'))])).collect();
+    let layers: Vec<&str> =
+        manifest.split("\"Layers\":[").nth(1).unwrap().split(']').next().unwrap().split(',').collect();
+    let saved_ids: Vec<String> = layers.iter().map(|l| sha256(&files[Path::new(l.trim_matches('"'))])).collect();
     assert_eq!(saved_ids, diff_ids, "docker save rebuilt each layer byte for byte");
 
     // 4. And layerd still has everything, its RW layer included.
