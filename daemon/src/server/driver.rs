@@ -87,6 +87,14 @@ pub fn open(spec: &DriverSpec, root: &Path) -> anyhow::Result<Arc<dyn Driver>> {
             if !drivers::registry::BUILTIN.contains(&name.as_str()) {
                 bail!("driver {name} is not available yet (built in: {})", drivers::registry::BUILTIN.join(", "));
             }
+            let others: Vec<&str> = drivers::registry::prior_drivers(root).into_iter().filter(|p| *p != name).collect();
+            if !others.is_empty() {
+                tracing::warn!(
+                    driver = %name,
+                    others = others.join(", "),
+                    "the root already holds another driver's state; a default dockerd refuses a root with several"
+                );
+            }
             drivers::registry::open(&name, root)
                 .with_context(|| format!("start the {name} driver in {}", root.join(&name).display()))
         }
