@@ -2,7 +2,7 @@
 //! (Debian's `docker.io`; `.ci/run` installs it), each on a private
 //! instance ([`conformance::dockerd`]):
 //!
-//! - a root dockerd filled (an imported image, a loaded two-layer image with
+//! - a root dockerd filled, on overlay2 and on vfs (an imported image, a loaded two-layer image with
 //!   symlinks, hardlinks, whiteouts and an opaque dir, a committed container,
 //!   kept containers) opens in layerd as is: every layer and container with
 //!   Docker's ids, each layer exported byte-exactly, each container's
@@ -177,14 +177,31 @@ fn scratch(prefix: &str) -> tempfile::TempDir {
 }
 
 #[test]
-fn a_docker_root_opens_in_layerd_and_still_runs_in_dockerd() -> Result<()> {
-    let Some(bin) = binary_or_skip("a_docker_root_opens_in_layerd_and_still_runs_in_dockerd") else { return Ok(()) };
-    let tmp = scratch("dk-a");
+fn a_docker_overlay2_root_opens_in_layerd_and_still_runs_in_a_default_dockerd() -> Result<()> {
+    let test = "a_docker_overlay2_root_opens_in_layerd_and_still_runs_in_a_default_dockerd";
+    let Some(bin) = binary_or_skip(test) else { return Ok(()) };
+    docker_root_opens_in_layerd(&bin, "overlay2")
+}
+
+#[test]
+fn a_docker_vfs_root_opens_in_layerd_and_still_runs_in_dockerd() -> Result<()> {
+    let Some(bin) = binary_or_skip("a_docker_vfs_root_opens_in_layerd_and_still_runs_in_dockerd") else {
+        return Ok(());
+    };
+    docker_root_opens_in_layerd(&bin, "vfs")
+}
+
+/// dockerd with `driver` fills a root; layerd opens a copy as is (every
+/// layer and container, exact exports, `docker diff`'s changes); the same
+/// tars registered by layerd on that driver get the `size` Docker wrote;
+/// dockerd still runs containers on the copy afterwards.
+fn docker_root_opens_in_layerd(bin: &Path, driver: &str) -> Result<()> {
+    let tmp = scratch(&format!("dk-{driver}-"));
     let (data, work) = (tmp.path().join("docker"), tmp.path().join("work"));
     fs::create_dir(&work)?;
 
     // 1. dockerd fills its root.
-    let mut d = Dockerd::start(DockerdOpts::new(&bin, &data).arg("--storage-driver=overlay2"))?;
+    let mut d = Dockerd::start(DockerdOpts::new(bin, &data).arg(format!("--storage-driver={driver}")))?;
     let rootfs = work.join("rootfs.tar");
     fs::write(&rootfs, rootfs_tar())?;
     d.docker(&["import", rootfs.to_str().unwrap(), "base:1"])?;
@@ -231,7 +248,7 @@ fn a_docker_root_opens_in_layerd_and_still_runs_in_dockerd() -> Result<()> {
     d.stop()?;
 
     // Docker's own numbers, from its layerdb.
-    let layerdb = data.join("image/overlay2/layerdb/sha256");
+    let layerdb = data.join("image").join(driver).join("layerdb/sha256");
     let mut want: BTreeMap<ChainId, (String, u64)> = BTreeMap::new();
     for ids in images.values() {
         for (chain, diff) in chains(ids).into_iter().zip(ids) {
@@ -247,9 +264,9 @@ fn a_docker_root_opens_in_layerd_and_still_runs_in_dockerd() -> Result<()> {
     let rt = runtime();
     let mut exported = BTreeMap::new();
     rt.block_on(async {
-        let (name, driver, _) = drivers::registry::select(&copy)?;
-        assert_eq!(name, "overlay2", "auto recognises Docker's overlay2 root");
-        let store = Store::open(&copy, driver).await?;
+        let (name, opened, _) = drivers::registry::select(&copy)?;
+        assert_eq!(name, driver, "auto recognises Docker's {driver} root");
+        let store = Store::open(&copy, opened).await?;
         let listed: BTreeSet<ChainId> = store.list().into_iter().map(|l| l.chain_id).collect();
         assert_eq!(listed, want.keys().cloned().collect(), "every layer, with Docker's ids");
         for (chain, (diff, size)) in &want {
@@ -290,7 +307,7 @@ fn a_docker_root_opens_in_layerd_and_still_runs_in_dockerd() -> Result<()> {
     // 3. The same tars registered by layerd get the size Docker wrote.
     let fresh = tmp.path().join("fresh");
     rt.block_on(async {
-        let store = Store::open(&fresh, drivers::registry::open("overlay2", &fresh)?).await?;
+        let store = Store::open(&fresh, drivers::registry::open(driver, &fresh)?).await?;
         for ids in images.values() {
             let mut parent: Option<ChainId> = None;
             for chain in chains(ids) {
@@ -306,9 +323,14 @@ fn a_docker_root_opens_in_layerd_and_still_runs_in_dockerd() -> Result<()> {
         anyhow::Ok(())
     })?;
 
-    // 4. A default dockerd still starts and runs containers on the copy.
-    let mut d = Dockerd::start(DockerdOpts::new(&bin, &copy))?;
-    assert_eq!(d.docker(&["info", "--format", "{{.Driver}}"])?.trim(), "overlay2");
+    // 4. dockerd still starts and runs containers on the copy: a default
+    // one on overlay2 (dockerd never picks vfs by itself, so that is named).
+    let mut opts = DockerdOpts::new(bin, &copy);
+    if driver != "overlay2" {
+        opts = opts.arg(format!("--storage-driver={driver}"));
+    }
+    let mut d = Dockerd::start(opts)?;
+    assert_eq!(d.docker(&["info", "--format", "{{.Driver}}"])?.trim(), driver);
     assert_eq!(
         d.docker(&["run", "--rm", "--network", "none", "committed:1", "/bin/cat", "/new", "/etc/msg"])?,
         "new\nchanged\n"
