@@ -8,16 +8,13 @@
 // A test harness: its helpers panic on any unexpected failure by design.
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/dockerd.rs"]
-mod dockerd;
-
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dockerd::Dockerd;
+use conformance::dockerd::{self, DOCKER, Dockerd, DockerdOpts};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
@@ -25,6 +22,11 @@ use sha2::{Digest, Sha256};
 
 const LAYERD: &str = env!("CARGO_BIN_EXE_layerd");
 const BUSYBOX: &str = "/bin/busybox";
+
+/// Run docker against `d`, expect success, return stdout.
+fn ok(d: &Dockerd, args: &[&str]) -> String {
+    d.docker(args).unwrap_or_else(|e| panic!("{e:#}\n--- dockerd log:\n{}", d.log()))
+}
 
 /// `layerd plugin serve`, stopped with SIGTERM when dropped.
 struct PluginProc {
@@ -192,7 +194,7 @@ fn image_archive(tag: &str) -> (Vec<u8>, Vec<String>) {
 /// DiffIDs; returns them.
 fn save_and_verify(d: &Dockerd, image: &str, dir: &Path) -> Vec<String> {
     let out = dir.join(format!("save-{}.tar", sha256_hex(image.as_bytes())));
-    d.ok(&["save", "-o", out.to_str().unwrap(), image]);
+    ok(d, &["save", "-o", out.to_str().unwrap(), image]);
     let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut a = tar::Archive::new(std::fs::File::open(&out).unwrap());
     for e in a.entries().unwrap() {
@@ -217,82 +219,97 @@ fn save_and_verify(d: &Dockerd, image: &str, dir: &Path) -> Vec<String> {
 
 #[test]
 fn dockerd_runs_on_layerd_plugin() {
-    if let Err(why) = dockerd::available() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    let Some(bin) = dockerd::binary_or_skip("dockerd_runs_on_layerd_plugin") else { return };
     assert!(Path::new(BUSYBOX).exists(), "{BUSYBOX} missing (Debian package busybox-static; .ci/run installs it)");
     let tmp = tempfile::Builder::new().prefix("layerd-dk").tempdir_in("/var/tmp").unwrap();
     let dir = tmp.path();
     let name = format!("layerd-test-{}", std::process::id());
     let mut plugin = PluginProc::start(&name, dir);
-    let mut d = Dockerd::start(dir, &["--experimental", "--storage-driver", &name]);
+    let data_root = dir.join("data");
+    let opts = DockerdOpts::new(bin, &data_root).arg("--experimental").arg(format!("--storage-driver={name}"));
+    let mut d = Dockerd::start(opts.clone()).unwrap();
 
     // The plugin is the storage driver, and says what it serves.
-    let info = d.ok(&["info", "--format", "{{.Driver}} {{json .DriverStatus}}"]);
+    let info = ok(&d, &["info", "--format", "{{.Driver}} {{json .DriverStatus}}"]);
     assert!(info.starts_with(&format!("{name} ")), "docker info: {info}");
-    assert!(info.contains("layerd overlay driver"), "docker info: {info}");
+    assert!(info.contains("layerd overlay2 driver"), "docker info: {info}");
 
     // docker load: both layers go through Create + ApplyDiff.
     let (archive, loaded_ids) = image_archive("layerd/test:1");
     let archive_path = dir.join("image.tar");
     std::fs::write(&archive_path, &archive).unwrap();
-    d.ok(&["load", "-i", archive_path.to_str().unwrap()]);
+    ok(&d, &["load", "-i", archive_path.to_str().unwrap()]);
     assert_eq!(save_and_verify(&d, "layerd/test:1", dir), loaded_ids);
 
     // docker run, diff, commit, save.
-    let out = d.ok(&[
-        "run",
-        "--network",
-        "none",
-        "--name",
-        "c1",
-        "layerd/test:1",
-        "/bin/sh",
-        "-c",
-        "cat /etc/hello; test ! -e /etc/gone && echo gone; echo hi > /newfile; rm /etc/hello",
-    ]);
+    let out = ok(
+        &d,
+        &[
+            "run",
+            "--network",
+            "none",
+            "--name",
+            "c1",
+            "layerd/test:1",
+            "/bin/sh",
+            "-c",
+            "cat /etc/hello; test ! -e /etc/gone && echo gone; echo hi > /newfile; rm /etc/hello",
+        ],
+    );
     assert_eq!(out, "hello from layer two\ngone\n");
-    let diff = d.ok(&["diff", "c1"]);
+    let diff = ok(&d, &["diff", "c1"]);
     for want in ["A /newfile", "D /etc/hello", "C /etc"] {
         assert!(diff.lines().any(|l| l == want), "docker diff lacks {want:?}:\n{diff}");
     }
-    d.ok(&["commit", "c1", "layerd/committed:1"]);
+    ok(&d, &["commit", "c1", "layerd/committed:1"]);
     let committed = save_and_verify(&d, "layerd/committed:1", dir);
     assert_eq!(committed.len(), 3);
     assert_eq!(committed[..2], loaded_ids[..]);
-    let out = d.ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "layerd/committed:1",
-        "/bin/sh",
-        "-c",
-        "cat /newfile; test -e /etc/hello || echo hello-gone",
-    ]);
+    let out = ok(
+        &d,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "layerd/committed:1",
+            "/bin/sh",
+            "-c",
+            "cat /newfile; test -e /etc/hello || echo hello-gone",
+        ],
+    );
     assert_eq!(out, "hi\nhello-gone\n");
 
     // 20 containers removed by 20 parallel `docker rm`.
     let names: Vec<String> = (0..20).map(|i| format!("r{i}")).collect();
     for n in &names {
-        d.ok(&["create", "--network", "none", "--name", n, "layerd/test:1", "/bin/true"]);
+        ok(&d, &["create", "--network", "none", "--name", n, "layerd/test:1", "/bin/true"]);
     }
-    let children: Vec<Child> =
-        names.iter().map(|n| d.docker_cmd(&["rm", n]).stdout(Stdio::null()).spawn().unwrap()).collect();
+    let children: Vec<Child> = names
+        .iter()
+        .map(|n| {
+            Command::new(DOCKER)
+                .env("DOCKER_CONFIG", dir.join("client"))
+                .args(["-H", &d.host(), "rm", n])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
     for (n, c) in names.iter().zip(children) {
         let out = c.wait_with_output().unwrap();
-        assert!(out.status.success(), "docker rm {n} failed");
+        assert!(out.status.success(), "docker rm {n} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let left = d.ok(&["ps", "-a", "--format", "{{.Names}}"]);
+    let left = ok(&d, &["ps", "-a", "--format", "{{.Names}}"]);
     assert!(!left.lines().any(|l| l.starts_with('r')), "containers left after rm: {left}");
 
     // docker rmi: the committed layer leaves the plugin's home.
-    let home = d.data_root.join(&name);
+    let home = data_root.join(&name);
     let layer_dirs = || std::fs::read_dir(&home).unwrap().filter(|e| e.as_ref().unwrap().file_name() != "l").count();
-    d.ok(&["rm", "c1"]);
+    ok(&d, &["rm", "c1"]);
     let before = layer_dirs();
-    d.ok(&["rmi", "layerd/committed:1"]);
+    ok(&d, &["rmi", "layerd/committed:1"]);
     let after = layer_dirs();
     assert!(after < before, "rmi freed nothing in {}: {before} -> {after}", home.display());
 
@@ -300,30 +317,35 @@ fn dockerd_runs_on_layerd_plugin() {
     plugin.stop();
     plugin.launch();
     assert!(plugin.log().contains("reopened from saved Init"), "plugin log:\n{}", plugin.log());
-    let out = d.ok(&["run", "--rm", "--network", "none", "layerd/test:1", "/bin/sh", "-c", "cat /etc/hello"]);
+    let out = ok(&d, &["run", "--rm", "--network", "none", "layerd/test:1", "/bin/sh", "-c", "cat /etc/hello"]);
     assert_eq!(out, "hello from layer two\n");
 
     // dockerd restarts; a stopped container still starts, its data kept.
-    d.ok(&[
-        "create",
-        "--network",
-        "none",
-        "--name",
-        "keep",
-        "layerd/test:1",
-        "/bin/sh",
-        "-c",
-        "echo run >> /state; cat /state",
-    ]);
-    assert_eq!(d.ok(&["start", "-a", "keep"]), "run\n");
-    d.restart();
-    assert_eq!(d.ok(&["start", "-a", "keep"]), "run\nrun\n");
-    d.ok(&["rm", "keep"]);
-    d.ok(&["rmi", "layerd/test:1"]);
+    ok(
+        &d,
+        &[
+            "create",
+            "--network",
+            "none",
+            "--name",
+            "keep",
+            "layerd/test:1",
+            "/bin/sh",
+            "-c",
+            "echo run >> /state; cat /state",
+        ],
+    );
+    assert_eq!(ok(&d, &["start", "-a", "keep"]), "run\n");
+    d.stop().unwrap();
+    let mut d = Dockerd::start(opts).unwrap();
+    assert_eq!(ok(&d, &["start", "-a", "keep"]), "run\nrun\n");
+    ok(&d, &["rm", "keep"]);
+    ok(&d, &["rmi", "layerd/test:1"]);
 
-    // Everything dockerd stored went through the plugin and is gone now.
-    d.stop();
-    assert!(dockerd::mounts_under(dir).is_empty(), "mounts left: {:?}", dockerd::mounts_under(dir));
-    drop(d);
+    // dockerd's Cleanup at shutdown undid every mount the plugin made.
+    d.stop().unwrap();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&data_root.to_string_lossy().into_owned())).collect();
+    assert!(left.is_empty(), "mounts left under the data root: {left:#?}");
     plugin.stop();
 }

@@ -27,7 +27,7 @@ pub async fn run(driver: &str, root: Option<PathBuf>, filter: Option<&str>) -> C
         let factory = ThroughPlugin { name: name.to_string(), parent: root };
         return run_with(&factory, filter).await;
     }
-    if !drivers::registry::BUILTIN.contains(&driver) {
+    if drivers::registry::canonical(driver).is_none() {
         return Err(CliError::Usage(format!(
             "driver {driver} is not available (built in: {}, or plugin:NAME)",
             drivers::registry::BUILTIN.join(", ")
@@ -74,6 +74,6 @@ async fn run_with(factory: &dyn Factory, filter: Option<&str>) -> CliResult<Exit
     if !details.is_empty() {
         eprintln!("{details}");
     }
-    println!("{}", report.summary());
+    outln!("{}", report.summary());
     Ok(if report.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

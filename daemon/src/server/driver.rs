@@ -12,9 +12,10 @@ use graphdriver::Driver;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DriverSpec {
     /// dockerd's choice: the driver whose layers are already in the root,
-    /// else the first this host supports (overlay, btrfs, vfs).
+    /// else the first this host supports (overlay2, btrfs, vfs).
     Auto,
     Vfs,
+    /// Docker's overlay2 (flag `overlay2`, or its alias `overlay`).
     Overlay,
     Btrfs,
     /// A Docker graphdriver plugin, by name.
@@ -33,7 +34,7 @@ impl fmt::Display for DriverSpec {
         match self {
             DriverSpec::Auto => f.write_str("auto"),
             DriverSpec::Vfs => f.write_str("vfs"),
-            DriverSpec::Overlay => f.write_str("overlay"),
+            DriverSpec::Overlay => f.write_str("overlay2"),
             DriverSpec::Btrfs => f.write_str("btrfs"),
             DriverSpec::Plugin(name) => write!(f, "plugin:{name}"),
         }
@@ -52,7 +53,9 @@ impl FromStr for DriverSpec {
             _ => match s.strip_prefix("plugin:") {
                 Some(name) if valid_plugin_name(name) => Ok(DriverSpec::Plugin(name.to_owned())),
                 Some(name) => Err(format!("invalid plugin name {name:?}: want [A-Za-z0-9_.-]+")),
-                None => Err(format!("unknown driver {s:?}: want auto, vfs, overlay, btrfs or plugin:NAME")),
+                None => {
+                    Err(format!("unknown driver {s:?}: want auto, vfs, overlay2 (or overlay), btrfs or plugin:NAME"))
+                }
             },
         }
     }
@@ -90,6 +93,14 @@ pub async fn open(spec: &DriverSpec, root: &Path) -> anyhow::Result<Arc<dyn Driv
             if !drivers::registry::BUILTIN.contains(&name.as_str()) {
                 bail!("driver {name} is not available yet (built in: {})", drivers::registry::BUILTIN.join(", "));
             }
+            let others: Vec<&str> = drivers::registry::prior_drivers(root).into_iter().filter(|p| *p != name).collect();
+            if !others.is_empty() {
+                tracing::warn!(
+                    driver = %name,
+                    others = others.join(", "),
+                    "the root already holds another driver's state; a default dockerd refuses a root with several"
+                );
+            }
             drivers::registry::open(&name, root)
                 .with_context(|| format!("start the {name} driver in {}", root.join(&name).display()))
         }
@@ -108,6 +119,7 @@ mod tests {
         assert_eq!("btrfs".parse(), Ok(DriverSpec::Btrfs));
         assert_eq!("plugin:my-drv".parse(), Ok(DriverSpec::Plugin("my-drv".into())));
         assert_eq!(DriverSpec::Plugin("x".into()).to_string(), "plugin:x");
+        assert_eq!(DriverSpec::Overlay.name(), "overlay2", "the home and layerdb use Docker's name");
     }
 
     #[test]

@@ -47,9 +47,10 @@ pub struct Config {
     /// Data root: the store's metadata and the driver's layers live here.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/layerd")]
     pub root: PathBuf,
-    /// Graph driver: auto, vfs, overlay, btrfs or plugin:NAME. auto keeps the
-    /// driver whose layers the root holds, else takes the first this host
-    /// supports: overlay, btrfs, vfs.
+    /// Graph driver: auto, vfs, overlay2 (alias overlay), btrfs or
+    /// plugin:NAME. auto keeps the driver whose layers the root holds (a
+    /// Docker root's too), else takes the first this host supports:
+    /// overlay2, btrfs, vfs.
     #[arg(long, value_name = "DRIVER", default_value = "auto")]
     pub driver: DriverSpec,
     /// Unix socket to listen on (created with mode 0660).
