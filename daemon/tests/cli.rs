@@ -721,7 +721,8 @@ fn unavailable_drivers_and_bad_flags_fail_clearly() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("driver plugin:nosuch is not available yet"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("plugin nosuch: no socket or spec file") && err.contains("/run/docker/plugins"), "{err}");
     let out = Command::new(LAYERD).args(["--driver", "zfs"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown driver"));

@@ -311,3 +311,21 @@ async fn a_stalled_apply_diff_blocks_no_other_id() {
         t.abort();
     }
 }
+
+#[tokio::test]
+async fn a_plugin_on_tcp_is_used_as_on_a_socket() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            fake(|m| if m == "GraphDriver.Get" { r#"{"Dir":"/x/y"}"#.into_response() } else { "{}".into_response() }),
+        )
+        .await
+        .unwrap()
+    });
+    let d = PluginDriver::connect_addr("t", Addr::Tcp(addr.to_string()), Path::new("/h"), opts(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(d.get(&CacheId::random(), "").await.unwrap(), PathBuf::from("/x/y"));
+}
