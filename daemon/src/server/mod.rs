@@ -81,7 +81,17 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = trace::init(&config.log_level) {
+    run_to_exit(&config.log_level.clone(), "layerd", run(config))
+}
+
+/// Set up logging and a multi-threaded runtime, run `work` to its end and
+/// turn its outcome into the exit code (2: bad logging flags; 1: failed).
+pub(crate) fn run_to_exit(
+    log_level: &str,
+    what: &str,
+    work: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    if let Err(e) = trace::init(log_level) {
         eprintln!("layerd: {e:#}");
         return ExitCode::from(2);
     }
@@ -92,10 +102,10 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "layerd failed");
+            tracing::error!(error = format!("{e:#}"), "{what} failed");
             eprintln!("layerd: {e:#}");
             ExitCode::FAILURE
         }

@@ -63,25 +63,7 @@ pub fn main(args: Vec<std::ffi::OsString>) -> ExitCode {
         Err(e) => e.exit(),
     };
     let PluginCommand::Serve(args) = cli.command;
-    if let Err(e) = trace::init(&args.log_level) {
-        eprintln!("layerd: {e:#}");
-        return ExitCode::from(2);
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("layerd: start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "layerd plugin failed");
-            eprintln!("layerd: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    super::run_to_exit(&args.log_level.clone(), "layerd plugin", serve(args))
 }
 
 /// The function that opens the served driver in the home `Init` names.
