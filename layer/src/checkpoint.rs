@@ -10,16 +10,21 @@
 //! exactly the sequential check — forging a stream would need a preimage of
 //! the final digest — but the segments verify in parallel.
 //!
+//! The states are the `sha2` crate's own serialized hasher states
+//! (`SerializableState`): nothing of SHA-256 is written here by hand.
+//!
 //! The record is `sha256-checkpoints.json` in the layer's metadata dir
-//! (ours; Docker ignores it). A layer without one (written by Docker, or
-//! before this existed) is verified sequentially.
+//! (ours; Docker ignores it), version 2. A layer without one (written by
+//! Docker), or with a version-1 record (raw state words, written before the
+//! crate's serialization was used), is verified sequentially.
 
 use std::io::{self, Read};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
-use sha2::block_api::compress256;
+use sha2::digest::common::hazmat::{SerializableState, SerializedState};
+use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
 
@@ -27,9 +32,12 @@ use crate::digest::Digest;
 pub const SEGMENT: usize = 1 << 20;
 pub const FILE: &str = "sha256-checkpoints.json";
 
-const IV: [u32; 8] = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
+/// The record version this code writes and reads.
+const VERSION: u32 = 2;
 
-type State = [u32; 8];
+/// A hasher's complete state (chaining value, length, buffer), as the crate
+/// serializes it.
+type State = SerializedState<Sha256>;
 
 /// The persisted record (versioned).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,18 +84,19 @@ pub struct Checkpoints {
 }
 
 fn state_hex(s: &State) -> String {
-    s.iter().map(|w| format!("{w:08x}")).collect()
+    hex::encode(s.as_slice())
 }
 
 fn parse_state(h: &str) -> Option<State> {
-    if h.len() != 64 || !h.is_ascii() {
-        return None;
-    }
-    let mut s = [0u32; 8];
-    for (i, w) in s.iter_mut().enumerate() {
-        *w = u32::from_str_radix(&h[i * 8..i * 8 + 8], 16).ok()?;
-    }
-    Some(s)
+    let bytes = hex::decode(h).ok()?;
+    let state = State::try_from(bytes.as_slice()).ok()?;
+    // Only states the crate itself accepts.
+    Sha256::deserialize(&state).ok()?;
+    Some(state)
+}
+
+fn resume(s: &State) -> Option<Sha256> {
+    Sha256::deserialize(s).ok()
 }
 
 impl Checkpoints {
@@ -97,7 +106,7 @@ impl Checkpoints {
 
     pub fn to_record(&self) -> Record {
         Record {
-            version: 1,
+            version: VERSION,
             segment: self.segment,
             length: self.length,
             states: self.states.iter().map(state_hex).collect(),
@@ -106,7 +115,7 @@ impl Checkpoints {
 
     /// Validate a record read from disk; `None` if it can't be used.
     pub fn from_record(r: &Record) -> Option<Checkpoints> {
-        if r.version != 1 || r.segment == 0 || !r.segment.is_multiple_of(64) {
+        if r.version != VERSION || r.segment == 0 || !r.segment.is_multiple_of(64) {
             return None;
         }
         let full = if r.length == 0 { 0 } else { (r.length - 1) / r.segment as u64 };
@@ -118,12 +127,10 @@ impl Checkpoints {
     }
 }
 
-/// SHA-256 built on the crate's compression function, recording the state
-/// at every multiple of the segment size strictly inside the stream.
+/// SHA-256 (the crate's), recording the hasher's state at every multiple
+/// of the segment size strictly inside the stream.
 pub struct CheckpointHasher {
-    state: State,
-    buf: [u8; 64],
-    buf_len: usize,
+    hasher: Sha256,
     total: u64,
     segment: usize,
     states: Vec<State>,
@@ -138,7 +145,7 @@ impl Default for CheckpointHasher {
 impl CheckpointHasher {
     pub fn with_segment(segment: usize) -> Self {
         assert!(segment > 0 && segment.is_multiple_of(64), "segment must be a multiple of 64");
-        CheckpointHasher { state: IV, buf: [0; 64], buf_len: 0, total: 0, segment, states: Vec::new() }
+        CheckpointHasher { hasher: Sha256::new(), total: 0, segment, states: Vec::new() }
     }
 
     pub fn update(&mut self, mut data: &[u8]) {
@@ -146,32 +153,13 @@ impl CheckpointHasher {
             let seg = self.segment as u64;
             let to_boundary = (seg - self.total % seg) as usize;
             let take = data.len().min(to_boundary);
-            self.absorb(&data[..take]);
+            self.hasher.update(&data[..take]);
             self.total += take as u64;
             if self.total.is_multiple_of(seg) {
-                // A boundary is block-aligned, so the buffer is empty here.
-                self.states.push(self.state);
+                self.states.push(self.hasher.serialize());
             }
             data = &data[take..];
         }
-    }
-
-    fn absorb(&mut self, mut data: &[u8]) {
-        if self.buf_len > 0 {
-            let n = data.len().min(64 - self.buf_len);
-            self.buf[self.buf_len..self.buf_len + n].copy_from_slice(&data[..n]);
-            self.buf_len += n;
-            data = &data[n..];
-            if self.buf_len < 64 {
-                return;
-            }
-            compress256(&mut self.state, &[self.buf]);
-            self.buf_len = 0;
-        }
-        let (blocks, rest) = data.as_chunks::<64>();
-        compress256(&mut self.state, blocks);
-        self.buf[..rest.len()].copy_from_slice(rest);
-        self.buf_len = rest.len();
     }
 
     /// The digest of everything hashed, and the checkpoints inside it.
@@ -181,32 +169,14 @@ impl CheckpointHasher {
         if self.total > 0 && self.total.is_multiple_of(self.segment as u64) {
             self.states.pop();
         }
-        let digest = pad_and_finish(self.state, &self.buf[..self.buf_len], self.total);
+        let digest = Digest::from_bytes(self.hasher.finalize().into());
         (digest, Checkpoints { segment: self.segment, length: self.total, states: self.states })
     }
 }
 
-/// Hash the tail (`< 64` bytes, or any length: full blocks are compressed
-/// first) with SHA-256's padding for a stream of `total` bytes.
-fn pad_and_finish(mut state: State, tail: &[u8], total: u64) -> Digest {
-    let (blocks, rest) = tail.as_chunks::<64>();
-    compress256(&mut state, blocks);
-    let mut last = [0u8; 128];
-    last[..rest.len()].copy_from_slice(rest);
-    last[rest.len()] = 0x80;
-    let n = if rest.len() < 56 { 64 } else { 128 };
-    last[n - 8..n].copy_from_slice(&(total.wrapping_mul(8)).to_be_bytes());
-    compress256(&mut state, last[..n].as_chunks::<64>().0);
-    let mut out = [0u8; 32];
-    for (i, w) in state.iter().enumerate() {
-        out[i * 4..i * 4 + 4].copy_from_slice(&w.to_be_bytes());
-    }
-    Digest::from_bytes(out)
-}
-
 enum Expect {
     State(State),
-    Final { total: u64, digest: Digest },
+    Final(Digest),
 }
 
 struct Job {
@@ -217,17 +187,13 @@ struct Job {
 }
 
 fn run_job(job: &Job) -> bool {
+    let Some(mut h) = resume(&job.start) else { return false };
+    h.update(job.data.as_slice());
     match &job.expect {
-        Expect::State(end) => {
-            let (blocks, rest) = job.data.as_chunks::<64>();
-            if !rest.is_empty() {
-                return false;
-            }
-            let mut s = job.start;
-            compress256(&mut s, blocks);
-            s == *end
-        }
-        Expect::Final { total, digest } => pad_and_finish(job.start, &job.data, *total) == *digest,
+        // The serialized state holds the length too: a segment of another
+        // size never matches.
+        Expect::State(end) => h.serialize() == *end,
+        Expect::Final(digest) => Digest::from_bytes(h.finalize().into()) == *digest,
     }
 }
 
@@ -330,9 +296,9 @@ impl<S: Segments> ParallelVerifier<S> {
         let k = self.index;
         self.index += 1;
         let start = match k {
-            0 => IV,
+            0 => Sha256::new().serialize(),
             _ => match self.cp.states.get(k - 1) {
-                Some(s) => *s,
+                Some(s) => s.clone(),
                 None => return Err(self.fail("the stream is longer than recorded".into())),
             },
         };
@@ -341,10 +307,10 @@ impl<S: Segments> ParallelVerifier<S> {
             if self.cp.states.len() != k || self.offset != self.cp.length {
                 return Err(self.fail(format!("{} bytes, {} recorded", self.offset, self.cp.length)));
             }
-            Expect::Final { total: self.offset, digest: self.digest.clone() }
+            Expect::Final(self.digest.clone())
         } else {
             match self.cp.states.get(k) {
-                Some(s) => Expect::State(*s),
+                Some(s) => Expect::State(s.clone()),
                 None => return Err(self.fail("the stream is longer than recorded".into())),
             }
         };
@@ -456,7 +422,7 @@ mod tests {
         longer.extend_from_slice(b"extra");
         assert!(export(&longer, cp.clone(), digest.clone(), 512).is_err(), "extended");
         let mut forged = cp.to_record();
-        forged.states[3] = "0".repeat(64);
+        forged.states[3] = forged.states[4].clone();
         let forged = Checkpoints::from_record(&forged).unwrap();
         assert!(export(&d, forged, digest.clone(), 512).is_err(), "forged state");
         assert!(export(&d, cp, Digest::of(b"other"), 512).is_err(), "wrong digest");
@@ -467,16 +433,19 @@ mod tests {
         let (_, cp) = hash(&data(5000, 2), 1024, 100);
         let good = cp.to_record();
         let mut r = good.clone();
-        r.version = 2;
-        assert!(Checkpoints::from_record(&r).is_none());
+        r.version = 1;
+        assert!(Checkpoints::from_record(&r).is_none(), "version 1 records are verified sequentially");
         let mut r = good.clone();
         r.segment = 100;
         assert!(Checkpoints::from_record(&r).is_none());
         let mut r = good.clone();
         r.states.pop();
         assert!(Checkpoints::from_record(&r).is_none());
-        let mut r = good;
+        let mut r = good.clone();
         r.states[0] = "xyz".into();
         assert!(Checkpoints::from_record(&r).is_none());
+        let mut r = good;
+        r.states[0] = "0".repeat(64);
+        assert!(Checkpoints::from_record(&r).is_none(), "a state of the wrong size");
     }
 }
