@@ -298,7 +298,7 @@ impl<S: Segments> ParallelVerifier<S> {
         let start = match k {
             0 => Sha256::new().serialize(),
             _ => match self.cp.states.get(k - 1) {
-                Some(s) => s.clone(),
+                Some(s) => *s,
                 None => return Err(self.fail("the stream is longer than recorded".into())),
             },
         };
@@ -310,7 +310,7 @@ impl<S: Segments> ParallelVerifier<S> {
             Expect::Final(self.digest.clone())
         } else {
             match self.cp.states.get(k) {
-                Some(s) => Expect::State(s.clone()),
+                Some(s) => Expect::State(*s),
                 None => return Err(self.fail("the stream is longer than recorded".into())),
             }
         };
@@ -320,8 +320,8 @@ impl<S: Segments> ParallelVerifier<S> {
         self.read_all = last;
         let data = Arc::new(cur);
         let job = Job { index: k, start, data: data.clone(), expect };
-        match self.jobs.as_ref().map(|j| j.send(job)) {
-            Some(Ok(())) => self.outstanding += 1,
+        match self.jobs.as_ref().map(|j| j.send(job).is_ok()) {
+            Some(true) => self.outstanding += 1,
             _ => return Err(self.fail("the verifier threads stopped".into())),
         }
         Ok(data)
