@@ -22,7 +22,11 @@ use tokio_util::sync::CancellationToken;
 use super::{DriverSpec, socket, trace};
 
 #[derive(Debug, Parser)]
-#[command(name = "layerd plugin", bin_name = "layerd plugin", about = "Serve a layerd driver as a Docker graphdriver plugin")]
+#[command(
+    name = "layerd plugin",
+    bin_name = "layerd plugin",
+    about = "Serve a layerd driver as a Docker graphdriver plugin"
+)]
 struct PluginCli {
     #[command(subcommand)]
     command: PluginCommand,
