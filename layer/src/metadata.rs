@@ -43,21 +43,33 @@ pub(crate) struct MountRecord {
     pub parent: Option<ChainId>,
 }
 
-#[derive(Debug, Clone)]
+/// A metadata operation a fault can be injected into (see [`FaultHook`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MetaOp {
+    /// Creating or writing a file.
+    Write,
+    /// An fsync of a file or a dir.
+    Fsync,
+    /// A rename (a commit, a `refs` replacement, a move to the trash).
+    Rename,
+}
+
+/// The seam the fault-injection tests use: called before every metadata
+/// write, fsync and rename, with the operation and its path; an error it
+/// returns is what the operation fails with (the operation is not done).
+/// Production stores have none.
+pub(crate) type FaultHook = std::sync::Arc<dyn Fn(MetaOp, &Path) -> Option<std::io::Error> + Send + Sync>;
+
+#[derive(Clone)]
 pub(crate) struct LayerDb {
     root: PathBuf,
+    faults: Option<FaultHook>,
 }
 
-fn write_synced(path: &Path, contents: &[u8]) -> Result<()> {
-    let mut f = File::create(path).ctx("create", path)?;
-    f.write_all(contents).ctx("write", path)?;
-    f.sync_all().ctx("fsync", path)?;
-    Ok(())
-}
-
-fn sync_dir(path: &Path) -> Result<()> {
-    File::open(path).and_then(|d| d.sync_all()).ctx("fsync dir", path)?;
-    Ok(())
+impl std::fmt::Debug for LayerDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerDb").field("root", &self.root).field("faults", &self.faults.is_some()).finish()
+    }
 }
 
 fn read_trimmed(dir: &Path, file: &str) -> std::result::Result<Option<String>, String> {
@@ -78,7 +90,57 @@ fn random_suffix() -> String {
 
 impl LayerDb {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LayerDb { root: root.into() }
+        LayerDb { root: root.into(), faults: None }
+    }
+
+    /// The same layerdb with a fault hook (tests).
+    pub fn with_faults(mut self, faults: Option<FaultHook>) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// Ask the fault hook whether `op` on `path` fails.
+    fn fault(&self, op: MetaOp, path: &Path) -> std::io::Result<()> {
+        match self.faults.as_ref().and_then(|f| f(op, path)) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn create_file(&self, path: &Path) -> Result<File> {
+        self.fault(MetaOp::Write, path).and_then(|()| File::create(path)).ctx("create", path).map_err(Into::into)
+    }
+
+    pub(crate) fn sync_file(&self, f: &File, path: &Path) -> Result<()> {
+        self.fault(MetaOp::Fsync, path).and_then(|()| f.sync_all()).ctx("fsync", path)?;
+        Ok(())
+    }
+
+    fn write_synced(&self, path: &Path, contents: &[u8]) -> Result<()> {
+        let mut f = self.create_file(path)?;
+        self.fault(MetaOp::Write, path).and_then(|()| f.write_all(contents)).ctx("write", path)?;
+        self.sync_file(&f, path)
+    }
+
+    fn sync_dir(&self, path: &Path) -> Result<()> {
+        self.fault(MetaOp::Fsync, path).and_then(|()| File::open(path)?.sync_all()).ctx("fsync dir", path)?;
+        Ok(())
+    }
+
+    fn rename(&self, from: &Path, to: &Path, what: &'static str) -> Result<()> {
+        self.fault(MetaOp::Rename, from).and_then(|()| fs::rename(from, to)).ctx(what, to)?;
+        Ok(())
+    }
+
+    /// fsync `dir` after a rename into it. The rename is the commit point:
+    /// once it happened, the new state is what every reader sees, so memory
+    /// must follow it whatever the fsync says. A failed fsync here is
+    /// logged, not returned: reporting "not committed" for a commit that
+    /// happened is how memory and disk come to disagree.
+    fn sync_after_commit(&self, dir: &Path) {
+        if let Err(e) = self.sync_dir(dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "fsync after a committed rename failed; the change is visible but its durability across a power loss is not confirmed");
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -112,39 +174,39 @@ impl LayerDb {
     /// A fresh transaction dir under `tmp/`.
     pub fn begin_tx(&self) -> Result<PathBuf> {
         let p = self.dir("tmp").join(format!("tx-{}", random_suffix()));
-        fs::create_dir(&p).ctx("create transaction dir", &p)?;
+        self.fault(MetaOp::Write, &p).and_then(|()| fs::create_dir(&p)).ctx("create transaction dir", &p)?;
         Ok(p)
     }
 
-    pub fn write_layer_record(tx: &Path, rec: &LayerRecord) -> Result<()> {
-        write_synced(&tx.join("diff"), rec.diff_id.to_string().as_bytes())?;
-        write_synced(&tx.join("size"), rec.size.to_string().as_bytes())?;
-        write_synced(&tx.join("cache-id"), rec.cache_id.as_str().as_bytes())?;
+    pub fn write_layer_record(&self, tx: &Path, rec: &LayerRecord) -> Result<()> {
+        self.write_synced(&tx.join("diff"), rec.diff_id.to_string().as_bytes())?;
+        self.write_synced(&tx.join("size"), rec.size.to_string().as_bytes())?;
+        self.write_synced(&tx.join("cache-id"), rec.cache_id.as_str().as_bytes())?;
         if let Some(p) = &rec.parent {
-            write_synced(&tx.join("parent"), p.to_string().as_bytes())?;
+            self.write_synced(&tx.join("parent"), p.to_string().as_bytes())?;
         }
         if let Some(r) = rec.refs {
-            write_synced(&tx.join("refs"), r.to_string().as_bytes())?;
+            self.write_synced(&tx.join("refs"), r.to_string().as_bytes())?;
         }
         Ok(())
     }
 
-    pub fn write_mount_record(tx: &Path, rec: &MountRecord) -> Result<()> {
-        write_synced(&tx.join("mount-id"), rec.mount_id.as_str().as_bytes())?;
+    pub fn write_mount_record(&self, tx: &Path, rec: &MountRecord) -> Result<()> {
+        self.write_synced(&tx.join("mount-id"), rec.mount_id.as_str().as_bytes())?;
         if let Some(i) = &rec.init_id {
-            write_synced(&tx.join("init-id"), i.as_str().as_bytes())?;
+            self.write_synced(&tx.join("init-id"), i.as_str().as_bytes())?;
         }
         if let Some(p) = &rec.parent {
-            write_synced(&tx.join("parent"), p.to_string().as_bytes())?;
+            self.write_synced(&tx.join("parent"), p.to_string().as_bytes())?;
         }
         Ok(())
     }
 
     /// The SHA-256 checkpoints of the layer's tar (see `checkpoint`).
-    pub fn write_checkpoints(tx: &Path, rec: &crate::checkpoint::Record) -> Result<()> {
+    pub fn write_checkpoints(&self, tx: &Path, rec: &crate::checkpoint::Record) -> Result<()> {
         let json =
             serde_json::to_vec(rec).map_err(|e| LayerStoreError::Internal(format!("encode checkpoints: {e}")))?;
-        write_synced(&tx.join(crate::checkpoint::FILE), &json)
+        self.write_synced(&tx.join(crate::checkpoint::FILE), &json)
     }
 
     /// The layer's checkpoints, if it has a usable record.
@@ -154,39 +216,48 @@ impl LayerDb {
         crate::checkpoint::Checkpoints::from_record(&rec)
     }
 
-    /// Publish a transaction dir at `target` (which must not exist).
-    fn commit(tx: &Path, target: &Path) -> Result<()> {
-        sync_dir(tx)?;
-        fs::rename(tx, target).ctx("publish transaction to", target)?;
+    /// Publish a transaction dir at `target` (which must not exist). An
+    /// error means nothing was published; `Ok` means the commit happened
+    /// (see [`Self::sync_after_commit`]).
+    fn commit(&self, tx: &Path, target: &Path) -> Result<()> {
+        self.sync_dir(tx)?;
+        self.rename(tx, target, "publish transaction to")?;
         if let Some(parent) = target.parent() {
-            sync_dir(parent)?;
+            self.sync_after_commit(parent);
         }
         Ok(())
     }
 
     pub fn commit_layer(&self, tx: &Path, chain: &ChainId) -> Result<()> {
-        Self::commit(tx, &self.layer_dir(chain))
+        self.commit(tx, &self.layer_dir(chain))
     }
 
     pub fn commit_mount(&self, tx: &Path, name: &RwName) -> Result<()> {
-        Self::commit(tx, &self.mount_dir(name))
+        self.commit(tx, &self.mount_dir(name))
     }
 
-    /// Atomically replace a layer's `refs` count.
+    /// Atomically replace a layer's `refs` count. An error means the old
+    /// count is still the one on disk (the temporary file is removed);
+    /// `Ok` means the new one is.
     pub fn write_refs(&self, chain: &ChainId, refs: u64) -> Result<()> {
         let dir = self.layer_dir(chain);
         let tmp = dir.join(format!(".refs-{}", random_suffix()));
-        write_synced(&tmp, refs.to_string().as_bytes())?;
         let target = dir.join("refs");
-        fs::rename(&tmp, &target).ctx("replace", &target)?;
-        sync_dir(&dir)
+        let res =
+            self.write_synced(&tmp, refs.to_string().as_bytes()).and_then(|()| self.rename(&tmp, &target, "replace"));
+        if res.is_err() {
+            let _ = remove_any(&tmp);
+        }
+        res?;
+        self.sync_after_commit(&dir);
+        Ok(())
     }
 
     /// Move `path` into `trash/` (same filesystem: a rename). Returns where it went.
     pub fn trash(&self, path: &Path) -> Result<PathBuf> {
         let base = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let target = self.dir("trash").join(format!("{base}-{}", random_suffix()));
-        fs::rename(path, &target).ctx("move to trash", path)?;
+        self.fault(MetaOp::Rename, path).and_then(|()| fs::rename(path, &target)).ctx("move to trash", path)?;
         Ok(target)
     }
 
@@ -292,7 +363,7 @@ mod tests {
         let chain = ChainId(Digest::of(b"c"));
         let r = rec(Some(ChainId(Digest::of(b"p"))));
         let tx = db.begin_tx().unwrap();
-        LayerDb::write_layer_record(&tx, &r).unwrap();
+        db.write_layer_record(&tx, &r).unwrap();
         File::create(tx.join(TAR_SPLIT)).unwrap();
         db.commit_layer(&tx, &chain).unwrap();
         assert!(!tx.exists());

@@ -9,6 +9,8 @@
 
 mod check;
 mod export;
+#[cfg(test)]
+mod faults;
 mod graph;
 mod open;
 mod register;
@@ -179,10 +181,24 @@ impl Store {
         driver: Arc<dyn Driver>,
         opts: StoreOptions,
     ) -> Result<Store> {
-        let mut inner = open::open(lock, driver).await?;
+        let mut inner = open::open(lock, driver, None).await?;
         if opts.coarse_baseline {
             inner.coarse = Some(Arc::new(tokio::sync::Mutex::new(())));
         }
+        Ok(Store { inner: Arc::new(inner) })
+    }
+
+    /// Open with a fault hook on every metadata write, fsync and rename (the
+    /// fault-injection tests' seam).
+    #[cfg(test)]
+    pub(crate) async fn open_with_faults(
+        root: impl Into<PathBuf>,
+        driver: Arc<dyn Driver>,
+        faults: crate::metadata::FaultHook,
+    ) -> Result<Store> {
+        let root = root.into();
+        let lock = blocking(move || crate::rootlock::RootLock::acquire(root)).await?;
+        let inner = open::open(lock, driver, Some(faults)).await?;
         Ok(Store { inner: Arc::new(inner) })
     }
 

@@ -19,7 +19,7 @@ use crate::error::Result;
 use crate::flight::Flights;
 use crate::keyed::KeyedLocks;
 use crate::lockstats::{LockStats, MapLock};
-use crate::metadata::{LayerDb, LayerRecord, MountRecord};
+use crate::metadata::{FaultHook, LayerDb, LayerRecord, MountRecord};
 use crate::name::RwName;
 use crate::rootlock::RootLock;
 
@@ -127,9 +127,9 @@ fn link(records: Vec<(ChainId, LayerRecord)>) -> (Linked, Vec<ChainId>) {
     (valid, invalid)
 }
 
-pub(super) async fn open(root_lock: RootLock, driver: Arc<dyn Driver>) -> Result<Inner> {
+pub(super) async fn open(root_lock: RootLock, driver: Arc<dyn Driver>, faults: Option<FaultHook>) -> Result<Inner> {
     let root = root_lock.root().to_path_buf();
-    let db = LayerDb::new(root.join("image").join(driver.name()).join("layerdb"));
+    let db = LayerDb::new(root.join("image").join(driver.name()).join("layerdb")).with_faults(faults);
     let d = db.clone();
     let loaded = blocking(move || load(&d)).await?;
     let (valid, invalid) = link(loaded.layers);

@@ -13,7 +13,7 @@ use super::graph::{Busy, LayerMeta};
 use super::{Inner, RwOpts, blocking};
 use crate::digest::ChainId;
 use crate::error::{LayerStoreError, Result};
-use crate::metadata::{LayerDb, MountRecord, remove_any};
+use crate::metadata::{MountRecord, remove_any};
 use crate::name::RwName;
 use crate::types::{LayerInfo, RegisterOpts, RwInfo};
 
@@ -199,7 +199,7 @@ impl Inner {
             let (db, n) = (self.db.clone(), name.clone());
             blocking(move || {
                 let tx = db.begin_tx()?;
-                let res = LayerDb::write_mount_record(&tx, &rec).and_then(|_| db.commit_mount(&tx, &n));
+                let res = db.write_mount_record(&tx, &rec).and_then(|_| db.commit_mount(&tx, &n));
                 if res.is_err() {
                     let _ = remove_any(&tx);
                 }
