@@ -72,16 +72,124 @@ impl std::fmt::Debug for LayerDb {
     }
 }
 
-fn read_trimmed(dir: &Path, file: &str) -> std::result::Result<Option<String>, String> {
-    match fs::read_to_string(dir.join(file)) {
-        Ok(s) => Ok(Some(s.trim().to_string())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("read {file}: {e}")),
+/// What is known of one field of a record that could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Known<T> {
+    Is(T),
+    /// The file does not exist.
+    Absent,
+    /// The file exists but could not be read or parsed.
+    Unknown,
+}
+
+impl<T> Known<T> {
+    pub fn is_unknown(&self) -> bool {
+        matches!(self, Known::Unknown)
     }
 }
 
-fn required(dir: &Path, file: &str) -> std::result::Result<String, String> {
-    read_trimmed(dir, file)?.ok_or_else(|| format!("missing {file}"))
+/// A record that could not be loaded: why, and what could be read of it.
+#[derive(Debug, Clone)]
+pub(crate) struct Damage {
+    pub why: String,
+    /// A read failed with an error a retry may not repeat (out of file
+    /// descriptors or memory): start-up refuses to start rather than guess.
+    pub transient: bool,
+    /// The driver ids the record names (a layer: cache-id; an RW layer:
+    /// mount-id, init-id).
+    pub ids: Vec<Known<CacheId>>,
+    /// `Absent` for a layer without a parent.
+    pub parent: Known<ChainId>,
+    /// The persisted client references, if readable.
+    pub refs: Option<u64>,
+}
+
+fn is_transient(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN | libc::EINTR | libc::ENOBUFS)
+    )
+}
+
+/// Reads a record's files one by one, noting every problem.
+struct FieldReader<'a> {
+    dir: &'a Path,
+    whys: Vec<String>,
+    transient: bool,
+}
+
+impl<'a> FieldReader<'a> {
+    fn new(dir: &'a Path) -> Self {
+        FieldReader { dir, whys: Vec::new(), transient: false }
+    }
+
+    fn parsed<T, E: std::fmt::Display>(
+        &mut self,
+        file: &str,
+        parse: impl FnOnce(&str) -> std::result::Result<T, E>,
+    ) -> Known<T> {
+        match fs::read_to_string(self.dir.join(file)) {
+            Ok(s) => match parse(s.trim()) {
+                Ok(v) => Known::Is(v),
+                Err(e) => {
+                    self.whys.push(format!("{file}: {e}"));
+                    Known::Unknown
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Known::Absent,
+            Err(e) => {
+                self.transient |= is_transient(&e);
+                self.whys.push(format!("read {file}: {e}"));
+                Known::Unknown
+            }
+        }
+    }
+
+    fn required<T, E: std::fmt::Display>(
+        &mut self,
+        file: &str,
+        parse: impl FnOnce(&str) -> std::result::Result<T, E>,
+    ) -> Known<T> {
+        let v = self.parsed(file, parse);
+        if matches!(v, Known::Absent) {
+            self.whys.push(format!("missing {file}"));
+        }
+        v
+    }
+
+    fn regular_file(&mut self, file: &str) {
+        match fs::symlink_metadata(self.dir.join(file)) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => self.whys.push(format!("{file} is not a regular file")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.whys.push(format!("missing {file}")),
+            Err(e) => {
+                self.transient |= is_transient(&e);
+                self.whys.push(format!("stat {file}: {e}"));
+            }
+        }
+    }
+
+    fn damage(self, ids: Vec<Known<CacheId>>, parent: Known<ChainId>, refs: Known<u64>) -> Damage {
+        Damage {
+            why: self.whys.join("; "),
+            transient: self.transient,
+            ids,
+            parent,
+            refs: match refs {
+                Known::Is(r) => Some(r),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl<T> Known<T> {
+    fn ok(self) -> Option<T> {
+        match self {
+            Known::Is(v) => Some(v),
+            _ => None,
+        }
+    }
 }
 
 fn random_suffix() -> String {
@@ -285,37 +393,41 @@ impl LayerDb {
         list_names(&self.dir("mounts"))
     }
 
-    pub fn read_layer(&self, chain: &ChainId) -> std::result::Result<LayerRecord, String> {
+    pub fn read_layer(&self, chain: &ChainId) -> std::result::Result<LayerRecord, Damage> {
         let dir = self.layer_dir(chain);
-        let diff_id = DiffId::parse(&required(&dir, "diff")?).map_err(|e| format!("diff: {e}"))?;
-        let size = required(&dir, "size")?.parse::<u64>().map_err(|e| format!("size: {e}"))?;
-        let cache_id = CacheId::parse(&required(&dir, "cache-id")?).map_err(|e| format!("cache-id: {e}"))?;
-        let parent = match read_trimmed(&dir, "parent")? {
-            Some(p) => Some(ChainId::parse(&p).map_err(|e| format!("parent: {e}"))?),
-            None => None,
-        };
-        let refs = match read_trimmed(&dir, "refs")? {
-            Some(r) => Some(r.parse::<u64>().map_err(|e| format!("refs: {e}"))?),
-            None => None,
-        };
-        if !dir.join(TAR_SPLIT).is_file() {
-            return Err(format!("missing {TAR_SPLIT}"));
+        let mut r = FieldReader::new(&dir);
+        let diff_id = r.required("diff", DiffId::parse);
+        let size = r.required("size", |s| s.parse::<u64>());
+        let cache_id = r.required("cache-id", CacheId::parse);
+        let parent = r.parsed("parent", ChainId::parse);
+        let refs = r.parsed("refs", |s| s.parse::<u64>());
+        r.regular_file(TAR_SPLIT);
+        if r.whys.is_empty()
+            && let (Known::Is(diff_id), Known::Is(size), Known::Is(cache_id)) = (&diff_id, &size, &cache_id)
+        {
+            return Ok(LayerRecord {
+                diff_id: diff_id.clone(),
+                size: *size,
+                cache_id: cache_id.clone(),
+                parent: parent.ok(),
+                refs: refs.ok(),
+            });
         }
-        Ok(LayerRecord { diff_id, size, cache_id, parent, refs })
+        Err(r.damage(vec![cache_id], parent, refs))
     }
 
-    pub fn read_mount(&self, name: &RwName) -> std::result::Result<MountRecord, String> {
+    pub fn read_mount(&self, name: &RwName) -> std::result::Result<MountRecord, Damage> {
         let dir = self.mount_dir(name);
-        let mount_id = CacheId::parse(&required(&dir, "mount-id")?).map_err(|e| format!("mount-id: {e}"))?;
-        let init_id = match read_trimmed(&dir, "init-id")? {
-            Some(i) => Some(CacheId::parse(&i).map_err(|e| format!("init-id: {e}"))?),
-            None => None,
-        };
-        let parent = match read_trimmed(&dir, "parent")? {
-            Some(p) => Some(ChainId::parse(&p).map_err(|e| format!("parent: {e}"))?),
-            None => None,
-        };
-        Ok(MountRecord { mount_id, init_id, parent })
+        let mut r = FieldReader::new(&dir);
+        let mount_id = r.required("mount-id", CacheId::parse);
+        let init_id = r.parsed("init-id", CacheId::parse);
+        let parent = r.parsed("parent", ChainId::parse);
+        if r.whys.is_empty()
+            && let Known::Is(mount_id) = &mount_id
+        {
+            return Ok(MountRecord { mount_id: mount_id.clone(), init_id: init_id.ok(), parent: parent.ok() });
+        }
+        Err(r.damage(vec![mount_id, init_id], parent, Known::Absent))
     }
 }
 
@@ -338,12 +450,6 @@ pub(crate) fn remove_any(p: &Path) -> Result<()> {
     };
     res.ctx("remove", p)?;
     Ok(())
-}
-
-impl From<String> for LayerStoreError {
-    fn from(s: String) -> Self {
-        LayerStoreError::Internal(s)
-    }
 }
 
 #[cfg(test)]
@@ -398,18 +504,31 @@ mod tests {
         let chain = ChainId(Digest::of(b"c"));
         let dir = db.layer_dir(&chain);
         fs::create_dir(&dir).unwrap();
-        assert!(db.read_layer(&chain).unwrap_err().contains("missing diff"));
+        let d = db.read_layer(&chain).unwrap_err();
+        assert!(d.why.contains("missing diff"), "{d:?}");
+        assert_eq!(d.ids, vec![Known::Absent], "no cache-id file");
         fs::write(dir.join("diff"), "sha256:nothex").unwrap();
-        assert!(db.read_layer(&chain).unwrap_err().contains("diff"));
+        assert!(db.read_layer(&chain).unwrap_err().why.contains("diff"));
         fs::write(dir.join("diff"), DiffId(Digest::of(b"x")).to_string()).unwrap();
         fs::write(dir.join("size"), "-1").unwrap();
-        assert!(db.read_layer(&chain).unwrap_err().contains("size"));
+        assert!(db.read_layer(&chain).unwrap_err().why.contains("size"));
         fs::write(dir.join("size"), "1").unwrap();
         fs::write(dir.join("cache-id"), "../../etc").unwrap();
-        assert!(db.read_layer(&chain).unwrap_err().contains("cache-id"));
-        fs::write(dir.join("cache-id"), CacheId::random().as_str()).unwrap();
-        assert!(db.read_layer(&chain).unwrap_err().contains(TAR_SPLIT));
+        let d = db.read_layer(&chain).unwrap_err();
+        assert!(d.why.contains("cache-id"));
+        assert_eq!(d.ids, vec![Known::Unknown]);
+        let id = CacheId::random();
+        fs::write(dir.join("cache-id"), id.as_str()).unwrap();
+        let d = db.read_layer(&chain).unwrap_err();
+        assert!(d.why.contains(TAR_SPLIT));
+        assert_eq!(d.ids, vec![Known::Is(id)]);
+        assert!(!d.transient);
         File::create(dir.join(TAR_SPLIT)).unwrap();
         assert!(db.read_layer(&chain).is_ok());
+        // A read error that is not ENOENT (here EISDIR) is damage, not absence.
+        fs::remove_file(dir.join("size")).unwrap();
+        fs::create_dir(dir.join("size")).unwrap();
+        let d = db.read_layer(&chain).unwrap_err();
+        assert!(d.why.contains("read size"), "{d:?}");
     }
 }

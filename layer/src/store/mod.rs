@@ -8,6 +8,7 @@
 //! is taken. Filesystem work happens under key locks or no lock at all.
 
 mod check;
+mod damaged;
 mod export;
 #[cfg(test)]
 mod faults;
@@ -77,6 +78,8 @@ pub(crate) struct Inner {
     /// Deferred deletions and other background work, awaited at shutdown.
     bg: TaskTracker,
     stats: StoreLockStats,
+    /// Entries start-up kept without loading them (see `damaged`).
+    damaged: damaged::Damaged,
     /// Benchmark baseline only: one global lock held across every operation,
     /// driver I/O included, with deletion done inline (moby's layerL).
     coarse: Option<Arc<tokio::sync::Mutex<()>>>,
@@ -140,8 +143,13 @@ impl Inner {
 
     fn info_of(&self, chain: &ChainId) -> Result<LayerInfo> {
         let g = self.layers.lock();
-        let (meta, c) = g.get(chain).ok_or_else(|| LayerStoreError::LayerNotFound(chain.to_string()))?;
+        let (meta, c) = g.get(chain).ok_or_else(|| self.not_found(chain))?;
         Ok(layer_info(meta, c))
+    }
+
+    /// The error for a layer that is not live: why, if start-up kept it damaged.
+    fn not_found(&self, chain: &ChainId) -> LayerStoreError {
+        self.damaged.layer_error(chain).unwrap_or_else(|| LayerStoreError::LayerNotFound(chain.to_string()))
     }
 
     /// Run deferred work (deletions) in the background, tracked for

@@ -106,7 +106,7 @@ impl Inner {
     pub(super) fn rw_entry(&self, name: &RwName) -> Result<Arc<RwEntry>> {
         match self.mounts.lock().get(name) {
             Some(MountSlot::Ready(e)) => Ok(e.clone()),
-            _ => Err(LayerStoreError::RwNotFound(name.to_string())),
+            _ => Err(self.damaged.rw_error(name).unwrap_or_else(|| LayerStoreError::RwNotFound(name.to_string()))),
         }
     }
 
@@ -128,12 +128,15 @@ impl Inner {
         let ids = [mount_id.clone(), mount_id.init()];
         {
             let mut m = self.mounts.lock();
-            if m.contains_key(name) {
+            if m.contains_key(name) || self.damaged.rws.contains_key(name) {
                 return Err(LayerStoreError::NameInUse(name.to_string()));
             }
             m.insert(name.clone(), MountSlot::Reserved);
             m.busy.mark(&ids);
         }
+        // Held until the RW layer is published (or its reservation dropped):
+        // `check` looks at a name's metadata holding this key.
+        let _key = self.name_keys.lock(name).await;
         let parent = match parent.map(|p| self.layers.lock().pin_rw(p)).transpose() {
             Ok(p) => p,
             Err(e) => {
