@@ -52,6 +52,9 @@ pub(crate) enum MetaOp {
     Fsync,
     /// A rename (a commit, a `refs` replacement, a move to the trash).
     Rename,
+    /// A listing of `sha256/` or `mounts/`, asked once it has been read
+    /// (tests use it to stop `check` or start-up right after its listing).
+    List,
 }
 
 /// The seam the fault-injection tests use: called before every metadata
@@ -386,11 +389,21 @@ impl LayerDb {
 
     /// Names of `sha256/` entries (valid or not).
     pub fn layer_names(&self) -> Result<Vec<String>> {
-        list_names(&self.dir("sha256"))
+        self.list_names(&self.dir("sha256"))
     }
 
     pub fn mount_names(&self) -> Result<Vec<String>> {
-        list_names(&self.dir("mounts"))
+        self.list_names(&self.dir("mounts"))
+    }
+
+    fn list_names(&self, dir: &Path) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(dir).ctx("read dir", dir)? {
+            let e = e.ctx("read dir", dir)?;
+            out.push(e.file_name().to_string_lossy().into_owned());
+        }
+        self.fault(MetaOp::List, dir).ctx("read dir", dir)?;
+        Ok(out)
     }
 
     pub fn read_layer(&self, chain: &ChainId) -> std::result::Result<LayerRecord, Damage> {
@@ -429,15 +442,6 @@ impl LayerDb {
         }
         Err(r.damage(vec![mount_id, init_id], parent, Known::Absent))
     }
-}
-
-fn list_names(dir: &Path) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).ctx("read dir", dir)? {
-        let e = e.ctx("read dir", dir)?;
-        out.push(e.file_name().to_string_lossy().into_owned());
-    }
-    Ok(out)
 }
 
 /// Remove a file or a whole tree.

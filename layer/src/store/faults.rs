@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use graphdriver::Driver;
+use async_trait::async_trait;
+use graphdriver::{CacheId, CreateOpts, Driver, TarReader};
 
 use super::{RwOpts, Store};
 use crate::digest::ChainId;
@@ -111,6 +112,10 @@ impl Injector {
     fn hook(self: &Arc<Self>) -> FaultHook {
         let me = self.clone();
         Arc::new(move |op, path| {
+            if op == MetaOp::List {
+                // Reads; the workload's writes are what is under test.
+                return None;
+            }
             let n = me.seen.fetch_add(1, Ordering::SeqCst);
             if Some(n) != me.fail_at {
                 return None;
@@ -397,5 +402,116 @@ async fn a_failed_retain_frees_ancestors_only_under_their_keys() {
     let store = Store::open(&root, driver(&root)).await.unwrap();
     assert_eq!(store.get(&p).unwrap().references, 1, "P′ must survive a restart");
     assert_eq!(export(&store, &p).await, base);
+    store.shutdown().await.unwrap();
+}
+
+/// vfs, except that `exists` stops once, when armed, until released: a
+/// point where `check` has taken its snapshot and not yet looked at strays.
+struct GatedExists {
+    inner: drivers::vfs::Vfs,
+    gate: tokio::sync::Mutex<Option<(tokio::sync::oneshot::Sender<()>, tokio::sync::oneshot::Receiver<()>)>>,
+}
+
+#[async_trait]
+impl Driver for GatedExists {
+    fn name(&self) -> &str {
+        "vfs"
+    }
+    async fn create(&self, id: &CacheId, parent: Option<&CacheId>, o: &CreateOpts) -> graphdriver::Result<()> {
+        self.inner.create(id, parent, o).await
+    }
+    async fn create_rw(&self, id: &CacheId, parent: Option<&CacheId>, o: &CreateOpts) -> graphdriver::Result<()> {
+        self.inner.create_rw(id, parent, o).await
+    }
+    async fn remove(&self, id: &CacheId) -> graphdriver::Result<()> {
+        self.inner.remove(id).await
+    }
+    async fn get(&self, id: &CacheId, label: &str) -> graphdriver::Result<PathBuf> {
+        self.inner.get(id, label).await
+    }
+    async fn put(&self, id: &CacheId) -> graphdriver::Result<()> {
+        self.inner.put(id).await
+    }
+    async fn exists(&self, id: &CacheId) -> bool {
+        let armed = self.gate.lock().await.take();
+        if let Some((entered, go)) = armed {
+            let _ = entered.send(());
+            let _ = go.await;
+        }
+        self.inner.exists(id).await
+    }
+    async fn status(&self) -> Vec<(String, String)> {
+        self.inner.status().await
+    }
+    async fn metadata(&self, id: &CacheId) -> graphdriver::Result<BTreeMap<String, String>> {
+        self.inner.metadata(id).await
+    }
+    async fn cleanup(&self) -> graphdriver::Result<()> {
+        self.inner.cleanup().await
+    }
+    async fn ids(&self) -> graphdriver::Result<Vec<CacheId>> {
+        self.inner.ids().await
+    }
+    async fn diff_getter(&self, id: &CacheId) -> graphdriver::Result<Option<PathBuf>> {
+        self.inner.diff_getter(id).await
+    }
+    async fn apply_diff(&self, id: &CacheId, parent: Option<&CacheId>, tar: TarReader) -> graphdriver::Result<u64> {
+        self.inner.apply_diff(id, parent, tar).await
+    }
+}
+
+/// Point 2 of issue 11. `check` lists `mounts/` (X is there), X is
+/// released, `check` snapshots the map (X is absent), X is created anew;
+/// `check --repair` must not take the new X's metadata for a stray.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_repair_spares_an_rw_name_reused_during_the_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let (listed_tx, listed_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let armed = Arc::new(Mutex::new(None::<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>));
+    let hook: FaultHook = {
+        let armed = armed.clone();
+        Arc::new(move |op, path| {
+            if op == MetaOp::List
+                && path.ends_with("mounts")
+                && let Some((listed, go)) = armed.lock().unwrap().take()
+            {
+                listed.send(()).unwrap();
+                go.recv_timeout(Duration::from_secs(30)).unwrap();
+            }
+            None
+        })
+    };
+    let gated =
+        Arc::new(GatedExists { inner: drivers::vfs::Vfs::new(root.join("vfs")).unwrap(), gate: Default::default() });
+    let store = Store::open_with_faults(&root, gated.clone(), hook).await.unwrap();
+    let l = register(&store, &tar_of(&[("l", b"l")]), None).await.unwrap();
+    let x = RwName::parse("x").unwrap();
+    store.create_rw(&x, Some(&l), RwOpts::default()).await.unwrap();
+
+    *armed.lock().unwrap() = Some((listed_tx, go_rx));
+    let (entered_tx, entered_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel();
+    *gated.gate.lock().await = Some((entered_tx, release_rx));
+    let check = tokio::spawn({
+        let s = store.clone();
+        async move { s.check(CheckOpts { repair: true, verify_content: false }).await }
+    });
+    // The check has listed mounts/ with X in it: release X.
+    tokio::task::spawn_blocking(move || listed_rx.recv_timeout(Duration::from_secs(30))).await.unwrap().unwrap();
+    store.release_rw(&x).await.unwrap();
+    go_tx.send(()).unwrap();
+    // The check has its snapshot (no X): create X anew.
+    entered_rx.await.unwrap();
+    store.create_rw(&x, Some(&l), RwOpts::default()).await.unwrap();
+    release_tx.send(()).unwrap();
+    let report = check.await.unwrap().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(store.layerdb().join("mounts/x/mount-id").is_file(), "the live rw layer's metadata was removed");
+    store.shutdown().await.unwrap();
+    drop(store);
+    let store = Store::open(&root, driver(&root)).await.unwrap();
+    assert!(store.get_rw(&x).is_ok(), "x must survive a restart");
     store.shutdown().await.unwrap();
 }
