@@ -365,6 +365,48 @@ async fn rw_layers_with_init_changes_diff_and_commit() {
     assert!(env.entries("mounts").is_empty());
 }
 
+/// A diff being read holds the RW layer's name key: a racing `release_rw`
+/// waits for it instead of removing the dirs under the stream and leaving
+/// a silently short tar (issue 11, point 7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_rw_waits_for_a_diff_being_read() {
+    let env = Env::new();
+    let store = env.open().await;
+    let name = RwName::parse("d").unwrap();
+    store.create_rw(&name, None, RwOpts::default()).await.unwrap();
+    let p = store.mount(&name).await.unwrap();
+    let files: Vec<String> = (0..50).map(|i| format!("f{i}")).collect();
+    for f in &files {
+        std::fs::write(p.join(f), vec![7u8; 64 * 1024]).unwrap();
+    }
+    store.unmount(&name).await.unwrap();
+    let mut tar = store.diff(&name).await.unwrap();
+    let mut release = tokio::spawn({
+        let (s, n) = (store.clone(), name.clone());
+        async move { s.release_rw(&n).await }
+    });
+    // Not a timing claim: the release can't finish while the stream holds the key.
+    assert!(tokio::time::timeout(std::time::Duration::from_millis(300), &mut release).await.is_err());
+    let bytes = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        tar.read_to_end(&mut out).unwrap();
+        out
+    })
+    .await
+    .unwrap();
+    let mut names: Vec<String> = tar::Archive::new(&bytes[..])
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut want = files.clone();
+    want.sort();
+    assert_eq!(names, want, "the diff must be whole");
+    release.await.unwrap().unwrap();
+    assert_eq!(store.changes(&name).await.unwrap_err().kind(), ErrorKind::NotFound);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rw_names_are_reserved_and_failures_release_them() {
     let env = Env::new();

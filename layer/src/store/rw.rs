@@ -255,14 +255,22 @@ impl Inner {
         Ok(())
     }
 
+    /// Under the name's key, so a racing `release_rw` can't remove the
+    /// dirs being compared.
     pub(super) async fn changes(&self, name: &RwName) -> Result<Vec<Change>> {
+        let _key = self.name_keys.lock(name).await;
         let e = self.rw_entry(name)?;
         Ok(self.driver.changes(&e.mount_id, e.diff_base()).await?)
     }
 
+    /// The stream holds the name's key until it is dropped: a `release_rw`
+    /// (or `commit`, `mount`...) of this name waits for it, instead of
+    /// removing the dirs under it and leaving a silently short tar.
     pub(super) async fn diff(&self, name: &RwName) -> Result<TarReader> {
+        let key = self.name_keys.lock(name).await;
         let e = self.rw_entry(name)?;
-        Ok(self.driver.diff(&e.mount_id, e.diff_base()).await?)
+        let tar = self.driver.diff(&e.mount_id, e.diff_base()).await?;
+        Ok(Box::new(KeyedReader { inner: tar, _key: key }))
     }
 
     pub(super) async fn commit(self: &Arc<Self>, name: &RwName) -> Result<LayerInfo> {
@@ -310,5 +318,17 @@ impl Inner {
         // one background task in that order.
         self.unpin_rw(e.parent.as_ref(), ids, Some(trashed)).await;
         Ok(())
+    }
+}
+
+/// A reader that holds a key lock for as long as it lives.
+struct KeyedReader {
+    inner: TarReader,
+    _key: crate::keyed::KeyGuard<RwName>,
+}
+
+impl std::io::Read for KeyedReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf)
     }
 }
