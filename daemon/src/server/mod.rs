@@ -10,6 +10,7 @@ pub mod config;
 pub mod driver;
 pub mod error;
 pub mod extract;
+pub mod idempotency;
 pub mod layers;
 pub mod metrics;
 pub mod openapi;
