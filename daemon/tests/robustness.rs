@@ -215,3 +215,151 @@ fn retried_requests_with_an_idempotency_key_run_once() {
     let msg = d.json("DELETE", "/v1/rw/x", &[("Idempotency-Key", "has space")], b"", 400);
     assert!(msg["message"].as_str().unwrap().contains("idempotency-key"), "{msg}");
 }
+
+/// Open a `POST /v1/layers` upload of `tar` (its full length announced),
+/// send its first `sent` bytes, and leave it stalled.
+fn stalled_upload(socket: &Path, query: &str, tar: &[u8], sent: usize) -> UnixStream {
+    let mut s = UnixStream::connect(socket).unwrap();
+    let head = format!(
+        "POST /v1/layers{query} HTTP/1.1\r\nHost: layerd\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        tar.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&tar[..sent]).unwrap();
+    s
+}
+
+/// Read one response (head and a `Content-Length` body); the connection
+/// may stay open, since the daemon still drains the unsent request body.
+fn read_response(mut s: UnixStream, limit: Duration) -> String {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if raw.len() >= end + 4 + len {
+                return String::from_utf8_lossy(&raw).into_owned();
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return String::from_utf8_lossy(&raw).into_owned(),
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+fn metric(d: &Daemon, name: &str) -> f64 {
+    let text = String::from_utf8(d.req("GET", "/metrics", &[], b"").body).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Hundreds of uploads that stall part-way — one of them leading a
+/// duplicate-suppressed registration others wait on — must not stall the
+/// daemon: listing, importing and releasing still answer (a liveness bound,
+/// not a benchmark), the stalled uploads are given up after the idle
+/// timeout, and a waiter of the stalled leader takes over and succeeds.
+#[test]
+fn slow_clients_do_not_stall_the_daemon() {
+    const STALLED: usize = 300;
+    const IDLE: u64 = 10;
+    // Generous: a liveness check on a shared 2-core CI machine, not a timing claim.
+    const LIVE: Duration = Duration::from_secs(5);
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        &dir.path().join("root"),
+        &dir.path().join("layerd.sock"),
+        &["--idle-timeout", &IDLE.to_string()],
+    );
+    let base = d.json("POST", "/v1/layers", &[], &make_tar(&[("base", b"base")]), 201);
+    let base = base["chain_id"].as_str().unwrap().to_owned();
+    d.json("POST", "/v1/layers", &[], &make_tar(&[("base", b"base")]), 201);
+
+    let big = make_tar(&[("big", &vec![7u8; 1 << 20])]);
+    let digest = {
+        use std::fmt::Write as _;
+        let out = Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let mut stdin = out.stdin.as_ref().unwrap();
+        stdin.write_all(&big).unwrap();
+        let out = out.wait_with_output().unwrap();
+        let hex = String::from_utf8(out.stdout).unwrap();
+        let mut s = String::from("sha256:");
+        write!(s, "{}", &hex[..64]).unwrap();
+        s
+    };
+    let prefix = 16 * 1024;
+    let before = metric(&d, "layerd_import_bytes_total");
+    let started = Instant::now();
+    let mut stalled = Vec::new();
+    for i in 0..STALLED {
+        // Every tenth states the same DiffID: the first leads, the others wait on it.
+        let query = if i % 10 == 0 { format!("?diff_id={digest}") } else { String::new() };
+        stalled.push(stalled_upload(&d.socket, &query, &big, prefix));
+    }
+    // A whole upload of the same content waits on the stalled leader.
+    let waiter = {
+        let (socket, big, digest) = (d.socket.clone(), big.clone(), digest.clone());
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let r = request(&socket, "POST", &format!("/v1/layers?diff_id={digest}"), &[], &big).unwrap();
+            (r, t.elapsed())
+        })
+    };
+    // Every stalled body has reached the daemon.
+    let want = before + (STALLED * prefix) as f64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&d, "layerd_import_bytes_total") < want {
+        assert!(Instant::now() < deadline, "the stalled uploads never all arrived");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let timed = |what: &str, f: &dyn Fn()| {
+        let t = Instant::now();
+        f();
+        let e = t.elapsed();
+        eprintln!("slow clients: {what} answered in {:.1} ms with {STALLED} uploads stalled", e.as_secs_f64() * 1e3);
+        assert!(e < LIVE, "{what} took {e:?} with {STALLED} uploads stalled");
+    };
+    timed("layer ls", &|| {
+        d.json("GET", "/v1/layers", &[], b"", 200);
+    });
+    timed("import", &|| {
+        d.json("POST", "/v1/layers", &[], &make_tar(&[("fresh", b"fresh")]), 201);
+    });
+    timed("release", &|| {
+        d.json("DELETE", &format!("/v1/layers/{base}"), &[], b"", 200);
+    });
+    timed("rw create", &|| {
+        d.json("POST", "/v1/rw", &[JSON], br#"{"name":"live"}"#, 201);
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(IDLE),
+        "the checks ran after the idle timeout, so they did not test stalled uploads; raise IDLE"
+    );
+
+    // The stalled uploads are given up after the idle timeout, each with a clear error.
+    // (The others stating the DiffID wait on the leader of the moment; once
+    // the layer exists they get a reference to it, without their bodies.)
+    for (i, s) in stalled.drain(..).enumerate() {
+        if i == 0 || (i % 10 != 0 && i % 29 == 0) {
+            let text = read_response(s, Duration::from_secs(IDLE + 60));
+            assert!(text.starts_with("HTTP/1.1 400"), "upload {i}: {text}");
+            assert!(text.contains("idle"), "upload {i}: {text}");
+        }
+    }
+    // The waiter took over from the stalled leader.
+    let (r, took) = waiter.join().unwrap();
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["diff_id"], Value::String(digest));
+    eprintln!("slow clients: the waiter of the stalled leader succeeded after {:.1} s", took.as_secs_f64());
+    assert!(took < Duration::from_secs(IDLE + 60));
+}

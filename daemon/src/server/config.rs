@@ -1,7 +1,7 @@
 //! `layerd --config FILE`: the flags' values from a TOML file.
 //!
 //! Keys mirror the flags (`root`, `driver`, `socket`, `listen`, `token_file`,
-//! `log_level`). A flag given on the command line (or through its
+//! `log_level`, `idle_timeout`). A flag given on the command line (or through its
 //! environment variable) wins over the file; the file wins over the flag's
 //! default. An unknown key is an error naming it, so a typo never silently
 //! falls back to a default. Relative paths in the file are relative to the
@@ -30,6 +30,7 @@ pub struct FileConfig {
     pub listen: Option<String>,
     pub token_file: Option<PathBuf>,
     pub log_level: Option<String>,
+    pub idle_timeout: Option<u64>,
 }
 
 impl FileConfig {
@@ -112,6 +113,9 @@ impl Config {
         }
         if let (Some(v), false) = (file.log_level, given("log_level")) {
             self.log_level = v;
+        }
+        if let (Some(v), false) = (file.idle_timeout, given("idle_timeout")) {
+            self.idle_timeout = v;
         }
     }
 

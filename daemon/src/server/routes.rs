@@ -34,6 +34,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Outcomes of requests that carried an `Idempotency-Key`.
     pub idempotency: Arc<Idempotency>,
+    /// How long a tar body may stall (see `stream`).
+    pub idle_timeout: std::time::Duration,
+    /// Uploads in progress, bounded (see `stream::MAX_UPLOADS`).
+    pub uploads: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -43,7 +47,14 @@ impl AppState {
             store,
             tasks: TaskTracker::new(),
             idempotency: Arc::new(Idempotency::default()),
+            idle_timeout: stream::DEFAULT_IDLE_TIMEOUT,
+            uploads: Arc::new(tokio::sync::Semaphore::new(stream::MAX_UPLOADS)),
         }
+    }
+
+    pub fn with_idle_timeout(mut self, idle: std::time::Duration) -> Self {
+        self.idle_timeout = idle;
+        self
     }
 
     /// Run `fut` to completion even if the request is dropped.

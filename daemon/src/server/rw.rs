@@ -65,7 +65,7 @@ pub async fn changes(State(state): State<AppState>, NamePath(name): NamePath) ->
 
 pub async fn tar(State(state): State<AppState>, NamePath(name): NamePath) -> ApiResult<Response> {
     let reader = state.store.diff(&name).await?;
-    Ok(tar_response(reader, state.metrics.exported.clone()))
+    Ok(tar_response(reader, state.metrics.exported.clone(), state.idle_timeout))
 }
 
 pub async fn commit(

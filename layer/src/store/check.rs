@@ -16,7 +16,7 @@ use tracing::warn;
 
 use super::graph::LayerMeta;
 use super::rw::{MountSlot, RwEntry};
-use super::{Inner, blocking};
+use super::{Inner, blocking, blocking_shared};
 use crate::digest::{ChainId, Digest};
 use crate::error::Result;
 use crate::metadata::{TAR_SPLIT, remove_any};
@@ -175,7 +175,7 @@ impl Inner {
         }
         if opts.verify_content && out.is_empty() {
             let verified = match self.tar_stream(chain).await {
-                Ok(mut r) => blocking(move || {
+                Ok(mut r) => blocking_shared(move || {
                     let mut buf = vec![0u8; 256 * 1024];
                     loop {
                         match r.read(&mut buf) {

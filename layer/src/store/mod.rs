@@ -101,8 +101,47 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
-/// Run `f` on the blocking pool.
+/// Threads of the store's own blocking pool (see [`blocking`]).
+const STORE_POOL_THREADS: usize = 64;
+
+/// The store's own blocking capacity: a runtime whose blocking threads only
+/// the store's metadata work uses (reads, writes, fsyncs, renames of the
+/// layerdb), so reference writes and publishes go on however many slow
+/// clients hold threads of the shared blocking pool in a read of their
+/// request body or a driver unpack. Built once per process, never dropped.
+fn store_pool() -> Option<&'static tokio::runtime::Handle> {
+    static POOL: std::sync::OnceLock<Option<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(STORE_POOL_THREADS)
+            .thread_name("layer-store-io")
+            .build()
+            .map_err(|e| tracing::warn!(error = %e, "no dedicated store I/O pool; using the shared blocking pool"))
+            .ok()
+    })
+    .as_ref()
+    .map(tokio::runtime::Runtime::handle)
+}
+
+/// Run the store's metadata work `f` on the store's own blocking pool.
+/// Never for anything that reads a caller's stream: that goes through
+/// [`blocking_shared`].
 pub(crate) async fn blocking<T, F>(f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    let task = match store_pool() {
+        Some(pool) => pool.spawn_blocking(f),
+        None => tokio::task::spawn_blocking(f),
+    };
+    task.await.map_err(|e| LayerStoreError::Internal(format!("blocking task failed: {e}")))?
+}
+
+/// Run `f` on tokio's shared blocking pool: work that may wait on a caller
+/// (a request body) or run long (content verification, init functions).
+pub(crate) async fn blocking_shared<T, F>(f: F) -> Result<T>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T> + Send + 'static,

@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 
 use super::graph::{LayerMeta, Published};
 use super::release::Freed;
-use super::{FlightKey, Inner, blocking, layer_info};
+use super::{FlightKey, Inner, blocking, blocking_shared, layer_info};
 use crate::checkpoint::CheckpointHasher;
 use crate::compress::decompressed;
 use crate::digest::{ChainId, DiffId, Digest};
@@ -199,7 +199,7 @@ impl Inner {
         tar: TarReader,
         tx: &Path,
     ) -> Result<(DiffId, u64)> {
-        let (_, plain) = blocking(move || {
+        let (_, plain) = blocking_shared(move || {
             decompressed(tar).map_err(|e| LayerStoreError::InvalidInput(format!("reading layer data: {e}")))
         })
         .await?;
@@ -207,7 +207,12 @@ impl Inner {
         let ts_path = tx.join(TAR_SPLIT);
         let db = self.db.clone();
         let recorder = tokio::task::spawn_blocking(move || record_tar_split(&db, chunks_rx, &ts_path));
-        let tee = Arc::new(Mutex::new(Tee { inner: plain, sink: Some(chunks_tx), recorder_stopped: false }));
+        let tee = Arc::new(Mutex::new(Tee {
+            inner: plain,
+            sink: Some(chunks_tx),
+            recorder_stopped: false,
+            input_error: None,
+        }));
         // Buffer in front of the tee so the recorder (which also hashes, on
         // the other core) gets large chunks however small the extractor's
         // reads are. Bytes the buffer reads ahead are sent once, and the
@@ -217,13 +222,19 @@ impl Inner {
         // Drain what the extractor left (the end blocks and record padding
         // belong to the DiffID and the tar-split too), then close the channel.
         let ok = applied.is_ok();
-        let drained = blocking(move || {
+        let drained = blocking_shared(move || {
             let mut t = tee.lock().unwrap_or_else(PoisonError::into_inner);
             let res = if ok { io::copy(&mut *t, &mut io::sink()).map(|_| ()) } else { Ok(()) };
             t.sink = None;
-            Ok((res, t.recorder_stopped))
+            Ok((res, t.recorder_stopped, t.input_error.take()))
         })
         .await?;
+        // The caller's stream failed (a client gone or idle, bad compression):
+        // that is the reason, whatever the extractor made of it.
+        if let Some(why) = drained.2 {
+            let _ = recorder.await;
+            return Err(LayerStoreError::InvalidInput(format!("reading layer data: {why}")));
+        }
         let recorded = recorder.await.map_err(|e| LayerStoreError::Internal(format!("tar-split task: {e}")))?;
         let (size, digest) = match (applied, recorded) {
             (Ok(size), Ok(digest)) => (size, digest),
@@ -355,11 +366,20 @@ struct Tee {
     inner: TarReader,
     sink: Option<SyncSender<Vec<u8>>>,
     recorder_stopped: bool,
+    /// The first error reading the caller's stream.
+    input_error: Option<String>,
 }
 
 impl Read for Tee {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => {
+                self.input_error.get_or_insert_with(|| e.to_string());
+                return Err(e);
+            }
+        };
         if n > 0
             && let Some(sink) = &self.sink
             && sink.send(buf[..n].to_vec()).is_err()

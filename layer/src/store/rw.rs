@@ -10,7 +10,7 @@ use graphdriver::{CacheId, Change, CreateOpts, TarReader};
 use tracing::{info, warn};
 
 use super::graph::{Busy, LayerMeta};
-use super::{Inner, RwOpts, blocking};
+use super::{Inner, RwOpts, blocking, blocking_shared};
 use crate::digest::ChainId;
 use crate::error::{LayerStoreError, Result};
 use crate::metadata::{MountRecord, remove_any};
@@ -181,9 +181,10 @@ impl Inner {
                 created.push(id.clone());
                 if let Some(f) = opts.init_fn {
                     let root = self.driver.get(&id, &opts.mount_label).await?;
-                    let res =
-                        blocking(move || f(&root).map_err(|e| LayerStoreError::Internal(format!("init layer: {e}"))))
-                            .await;
+                    let res = blocking_shared(move || {
+                        f(&root).map_err(|e| LayerStoreError::Internal(format!("init layer: {e}")))
+                    })
+                    .await;
                     self.driver.put(&id).await?;
                     res?;
                 }
