@@ -194,6 +194,8 @@ fn retried_requests_with_an_idempotency_key_run_once() {
     d.json("POST", "/v1/rw", &[k, JSON], create.as_bytes(), 201);
     d.json("POST", "/v1/rw", &[k, JSON], create.as_bytes(), 201);
     d.json("POST", "/v1/rw", &[JSON], create.as_bytes(), 409);
+    // The same key with another JSON body is another request.
+    d.json("POST", "/v1/rw", &[k, JSON], br#"{"name":"c2"}"#, 422);
     let k = ("Idempotency-Key", "commit-1");
     let c1 = d.json("POST", "/v1/rw/c1/commit", &[k], b"", 201);
     let c2 = d.json("POST", "/v1/rw/c1/commit", &[k], b"", 201);

@@ -13,7 +13,8 @@
 //! - The operation runs to completion on its own task even if the client
 //!   goes away, so a client that lost the response finds its outcome.
 //! - A repeat while the first is still running gets 409; the same key on
-//!   another method or URI gets 422.
+//!   another method, URI or JSON body gets 422 (a tar upload's body is not
+//!   compared).
 //! - The table lives in memory: a restart of the daemon forgets it.
 
 use std::collections::{HashMap, VecDeque};
@@ -169,7 +170,26 @@ pub async fn middleware(State(idem): State<Arc<Idempotency>>, req: Request, next
         ))
         .into_response();
     };
-    let fingerprint = format!("{} {}", req.method(), req.uri());
+    // A JSON body is small (1 MiB at most): it is part of the request's
+    // identity. A tar upload's is not compared.
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let (req, body_digest) = if is_json {
+        let (parts, body) = req.into_parts();
+        match axum::body::to_bytes(body, super::routes::JSON_BODY_LIMIT).await {
+            Ok(b) => {
+                let d = layer::Digest::of(&b).to_string();
+                (Request::from_parts(parts, Body::from(b)), d)
+            }
+            Err(e) => return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("JSON body: {e}")).into_response(),
+        }
+    } else {
+        (req, String::from("-"))
+    };
+    let fingerprint = format!("{} {} {body_digest}", req.method(), req.uri());
     match idem.start(&key, &fingerprint) {
         Start::Run => {}
         Start::Replay(outcome) => return replay(outcome),
@@ -183,7 +203,9 @@ pub async fn middleware(State(idem): State<Arc<Idempotency>>, req: Request, next
         Start::Mismatch => {
             return ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                format!("{HEADER} {key:?} was used for another request ({fingerprint} differs); use a new key"),
+                format!(
+                    "{HEADER} {key:?} was used for another request (another method, URI or JSON body); use a new key"
+                ),
             )
             .into_response();
         }

@@ -16,6 +16,7 @@ use crate::name::RwName;
 
 #[derive(Debug, Clone)]
 pub(crate) struct DamagedEntry {
+    /// Why it did not load; names no host path (it reaches clients).
     pub why: String,
     /// Its metadata dir, kept for inspection.
     pub path: PathBuf,
@@ -43,9 +44,8 @@ impl Damaged {
         self.layers.get(chain).map(|d| LayerStoreError::Corrupt {
             chain_id: chain.to_string(),
             why: format!(
-                "{}; start-up kept it without loading it (metadata in {}); fix or restore it and restart",
-                d.why,
-                d.path.display()
+                "{}; start-up kept it without loading it (`layerctl check` shows where); fix or restore it and restart",
+                d.why
             ),
         })
     }
@@ -54,9 +54,8 @@ impl Damaged {
         self.rws.get(name).map(|d| LayerStoreError::RwCorrupt {
             name: name.to_string(),
             why: format!(
-                "{}; start-up kept it and its data without loading it (metadata in {}); fix or restore it and restart",
-                d.why,
-                d.path.display()
+                "{}; start-up kept it and its data without loading it (`layerctl check` shows where); fix or restore it and restart",
+                d.why
             ),
         })
     }
