@@ -12,6 +12,12 @@ use serde::{Deserialize, Serialize};
 /// The base path of every route.
 pub const PREFIX: &str = "/v1";
 
+/// The trailer in which layerd names why a streamed tar body failed after
+/// its head was sent. Sent only to clients that ask for trailers
+/// (`TE: trailers`, as layerctl does) and announced by a `Trailer` header;
+/// other clients see the body aborted (no final chunk).
+pub const ERROR_TRAILER: &str = "layerd-error";
+
 /// The body of every error response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -400,7 +400,7 @@ fn layer_rm_reports_each_name() {
         assert!(stdout.contains(&format!("Deleted: {id}")), "{stdout}");
     }
     assert!(stderr.contains(&format!("layerctl: {UNKNOWN}: no such layer")), "{stderr}");
-    assert!(stderr.contains("layerctl: garbage: invalid digest"), "{stderr}");
+    assert!(stderr.contains("layerctl: garbage: invalid layer id"), "{stderr}");
     assert_eq!(d.json(&["layer", "ls", "--format", "json"]), json!([]));
 }
 
@@ -503,9 +503,9 @@ fn bad_input_is_rejected_and_changes_nothing() {
     let rw_before = d.json(&["rw", "ls", "--format", "json"]);
 
     // Malformed digests and names in paths.
-    for path in ["/v1/layers/nothex", "/v1/layers/sha256:abc", "/v1/layers/md5:00/tar", "/v1/layers/SHA256:x/tar"] {
+    for path in ["/v1/layers/nothex", "/v1/layers/sha256:", "/v1/layers/md5:00/tar", "/v1/layers/SHA256:x/tar"] {
         let msg = d.rejects(400, "GET", path, None, b"");
-        assert!(msg.contains("invalid digest"), "{path}: {msg}");
+        assert!(msg.contains("invalid layer id"), "{path}: {msg}");
     }
     d.rejects(400, "DELETE", "/v1/layers/nothex", None, b"");
     d.rejects(404, "GET", &format!("/v1/layers/{UNKNOWN}"), None, b"");
@@ -530,7 +530,7 @@ fn bad_input_is_rejected_and_changes_nothing() {
     // Registration: bad query values, unknown parent, hostile bodies.
     let tar = make_tar(&[("b.txt", b"b")]);
     let msg = d.rejects(400, "POST", "/v1/layers?parent=nothex", Some("application/x-tar"), &tar);
-    assert!(msg.starts_with("parent: invalid digest"), "{msg}");
+    assert!(msg.starts_with("parent: invalid layer id"), "{msg}");
     d.rejects(400, "POST", "/v1/layers?diff_id=sha256:12", Some("application/x-tar"), &tar);
     let msg = d.rejects(400, "POST", &format!("/v1/layers?parent={UNKNOWN}"), None, &tar);
     assert!(msg.contains("parent"), "{msg}");
@@ -594,7 +594,7 @@ fn bad_input_is_rejected_and_changes_nothing() {
 
     // CLI errors: server errors exit 1, usage 2, unreachable 3.
     let err = d.fails(1, &["layer", "inspect", "nothex"]);
-    assert!(err.starts_with("layerctl: invalid digest"), "{err}");
+    assert!(err.starts_with("layerctl: invalid layer id"), "{err}");
     d.fails(2, &["layer", "frobnicate"]);
     d.fails(2, &["rw", "mount"]);
     let out = ctl_with("unix:///nonexistent/layerd.sock", &["layer", "ls"], None);
@@ -628,7 +628,9 @@ fn a_failed_export_is_an_error_and_leaves_no_file() {
 
     let out = work.path().join("out.tar");
     let err = d.fails(1, &["layer", "export", &chain, "-o", out.to_str().unwrap()]);
-    assert!(err.starts_with("layerctl: "), "{err}");
+    assert!(err.starts_with("layerctl: export failed after "), "{err}");
+    // It says why, as `check --verify` does, not just "transfer broke off".
+    assert!(err.contains("damaged — re-import it") && !err.contains("broke off"), "{err}");
     assert!(!out.exists(), "a partial export was left behind");
     let leftovers: Vec<_> = std::fs::read_dir(work.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
@@ -719,7 +721,8 @@ fn unavailable_drivers_and_bad_flags_fail_clearly() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("driver plugin:nosuch is not available yet"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("plugin nosuch: no socket or spec file") && err.contains("/run/docker/plugins"), "{err}");
     let out = Command::new(LAYERD).args(["--driver", "zfs"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown driver"));
@@ -1191,7 +1194,7 @@ fn auto_driver_prefers_the_roots_own_then_overlay() {
     let fresh = dir.path().join("fresh");
     let _unmount = UnmountOnDrop(dir.path().to_owned());
     let mut d = Daemon::start_with(&fresh, &dir.path().join("a.sock"), &["--driver", "auto"]);
-    assert_eq!(d.json(&["info", "--format", "json"])["driver"], json!("overlay"));
+    assert_eq!(d.json(&["info", "--format", "json"])["driver"], json!("overlay2"));
     assert!(d.terminate().success());
 
     let used = dir.path().join("used");
@@ -1206,4 +1209,136 @@ fn auto_driver_prefers_the_roots_own_then_overlay() {
     assert_eq!(info["driver"], json!("vfs"), "a root with vfs layers keeps vfs: {info}");
     assert_eq!(chain_ids(&d.json(&["layer", "ls", "--format", "json"])), vec![chain]);
     assert!(d.terminate().success());
+}
+
+/// Issue 10: Docker's short ids. Any unique prefix of a ChainID, with or
+/// without `sha256:`, names the layer in every verb and REST path; an
+/// ambiguous one is a 400 naming the candidates, an unknown one a 404.
+#[test]
+fn short_ids_name_layers_everywhere_and_ambiguity_names_the_candidates() {
+    let d = Daemon::start();
+    let work = tempfile::tempdir().unwrap();
+    // 17 layers: two of them share their first hex digit (pigeonhole).
+    let mut ids = Vec::new();
+    for i in 0..17 {
+        let f = write_file(work.path(), &format!("{i}.tar"), &make_tar(&[(&format!("f{i}"), b"x")]));
+        ids.push(d.ok(&["layer", "import", f.to_str().unwrap()]).trim().to_owned());
+    }
+    let hex = |id: &str| id.trim_start_matches("sha256:").to_owned();
+    let base = ids[0].clone();
+    let short = format!("sha256:{}", &hex(&base)[..12]);
+    assert!(d.ok(&["layer", "ls"]).contains(&short), "ls prints the short id");
+    for name in [short.clone(), hex(&base)[..12].to_owned(), hex(&base)[..6].to_owned()] {
+        assert_eq!(d.json(&["layer", "inspect", &name])["chain_id"], json!(base), "{name}");
+        let r = d.request("GET", &format!("/v1/layers/{name}"), None, b"");
+        assert_eq!(r.status, 200, "{name}");
+    }
+    let out = work.path().join("out.tar");
+    d.ok(&["layer", "export", &short, "-o", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(work.path().join("0.tar")).unwrap());
+
+    // --parent by short id, for import and rw create.
+    let child_tar = write_file(work.path(), "child.tar", &make_tar(&[("c", b"c")]));
+    let child =
+        d.ok(&["layer", "import", "--parent", &hex(&base)[..10], child_tar.to_str().unwrap()]).trim().to_owned();
+    assert_eq!(child, chain_of(&base, &sha256(&std::fs::read(&child_tar).unwrap())));
+    d.ok(&["rw", "create", "web", "--parent", &short]);
+    assert_eq!(d.json(&["rw", "inspect", "web"])["parent"], json!(base));
+
+    // Ambiguous: a one-digit prefix that two layers share.
+    let mut by_digit: std::collections::BTreeMap<char, Vec<String>> = Default::default();
+    for id in d.json(&["layer", "ls", "--format", "json"]).as_array().unwrap() {
+        let id = id["chain_id"].as_str().unwrap().to_owned();
+        by_digit.entry(hex(&id).chars().next().unwrap()).or_default().push(id);
+    }
+    let (digit, shared) = by_digit.iter().find(|(_, v)| v.len() > 1).unwrap();
+    let err = d.fails(1, &["layer", "inspect", &digit.to_string()]);
+    assert!(err.contains("ambiguous"), "{err}");
+    for id in shared {
+        assert!(err.contains(id.as_str()), "{id} not named in {err}");
+    }
+    let msg = d.rejects(400, "DELETE", &format!("/v1/layers/sha256:{digit}"), None, b"");
+    assert!(msg.contains("ambiguous"), "{msg}");
+    let msg = d.rejects(400, "POST", &format!("/v1/layers?parent={digit}"), None, &make_tar(&[("z", b"z")]));
+    assert!(msg.starts_with("parent: ") && msg.contains("ambiguous"), "{msg}");
+    // Unknown: a 12-digit prefix no layer has.
+    let all: Vec<String> = by_digit.values().flatten().map(|id| hex(id)).collect();
+    let unknown = ('0'..='9')
+        .chain('a'..='f')
+        .map(|c| format!("{}{c}", &hex(&base)[..11]))
+        .find(|p| !all.iter().any(|id| id.starts_with(p.as_str())))
+        .unwrap();
+    let msg = d.rejects(404, "GET", &format!("/v1/layers/{unknown}/tar"), None, b"");
+    assert!(msg.contains("no such layer sha256:"), "{msg}");
+    let body = format!(r#"{{"name":"x","parent":"{unknown}"}}"#);
+    let msg = d.rejects(400, "POST", "/v1/rw", Some("application/json"), body.as_bytes());
+    assert!(msg.contains("no such parent"), "{msg}");
+
+    // rm by short id (the child first: the base still has it).
+    d.ok(&["rw", "rm", "web"]);
+    assert!(d.ok(&["layer", "rm", &format!("sha256:{}", &hex(&child)[..12])]).contains("Deleted"));
+    assert!(d.ok(&["layer", "rm", &hex(&base)[..12]]).contains("Deleted"));
+    assert_eq!(d.json(&["layer", "ls", "--format", "json"]).as_array().unwrap().len(), 16);
+}
+
+/// Issue 10: `layerctl … | head` exits quietly when the reader goes away.
+#[test]
+fn a_closed_stdout_ends_layerctl_quietly() {
+    let d = Daemon::start();
+    let work = tempfile::tempdir().unwrap();
+    let f = write_file(work.path(), "l.tar", &make_tar(&[("big.bin", &big_content(1 << 20))]));
+    let chain = d.ok(&["layer", "import", f.to_str().unwrap()]).trim().to_owned();
+    for args in [&["layer", "ls"][..], &["layer", "export", &chain], &["info"], &["layer", "inspect", &chain]] {
+        let mut child = Command::new(LAYERCTL)
+            .arg("--host")
+            .arg(d.host())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader is gone before anything is written
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}
+
+/// Issue 10: a root an earlier layerd wrote under the name `overlay` is
+/// moved to Docker's `overlay2` once, at start-up, and keeps its layers and
+/// RW layers; `overlay` stays a flag alias.
+#[test]
+fn an_earlier_layerd_overlay_root_migrates_to_overlay2_at_start_up() {
+    let dir = tempfile::Builder::new().prefix("layerd-mig").tempdir_in("/var/tmp").unwrap();
+    let (root, socket) = (dir.path().join("root"), dir.path().join("s.sock"));
+    let _unmount = UnmountOnDrop(root.clone());
+    let work = tempfile::tempdir().unwrap();
+    let tar = make_tar(&[("etc/hostname", b"box\n")]);
+    let f = write_file(work.path(), "l.tar", &tar);
+    let mut d = Daemon::start_with(&root, &socket, &["--driver", "overlay"]);
+    assert_eq!(d.json(&["info", "--format", "json"])["driver"], json!("overlay2"));
+    let chain = d.ok(&["layer", "import", f.to_str().unwrap()]).trim().to_owned();
+    d.ok(&["rw", "create", "c1", "--parent", &chain]);
+    assert!(d.terminate().success());
+    assert!(root.join("overlay2").is_dir() && root.join("image/overlay2/layerdb").is_dir());
+    // What an earlier layerd left: the same dirs under the name `overlay`.
+    std::fs::rename(root.join("overlay2"), root.join("overlay")).unwrap();
+    std::fs::rename(root.join("image/overlay2"), root.join("image/overlay")).unwrap();
+
+    let mut d = Daemon::start_with(&root, &socket, &["--driver", "auto"]);
+    assert_eq!(d.json(&["info", "--format", "json"])["driver"], json!("overlay2"));
+    assert_eq!(chain_ids(&d.json(&["layer", "ls", "--format", "json"])), vec![chain.clone()]);
+    assert_eq!(d.json(&["rw", "inspect", "c1"])["parent"], json!(chain));
+    let out = work.path().join("out.tar");
+    d.ok(&["layer", "export", &chain, "-o", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&out).unwrap(), tar);
+    assert!(d.terminate().success());
+    let mut top: Vec<String> =
+        std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    top.sort();
+    assert_eq!(top, ["image", "layerd.lock", "overlay2"], "no `overlay` dir left beside `overlay2`");
+    let image: Vec<_> = std::fs::read_dir(root.join("image")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(image, ["overlay2"]);
 }

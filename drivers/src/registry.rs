@@ -1,52 +1,94 @@
 //! Driver selection by name, as `layerd --driver NAME` does it, and the
 //! automatic choice `layerd` makes by default. Each driver's home is
-//! `<root>/<name>` (moby's layout).
+//! `<root>/<name>` and its layer metadata `<root>/image/<name>/layerdb`
+//! (moby's layout), under Docker's names, so a Docker root opens as is and
+//! a root layerd filled opens in dockerd.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use graphdriver::{Driver, DriverError, Result};
 
-/// The built-in drivers, in the order `layerd` documents them.
-pub const BUILTIN: &[&str] = &["vfs", "overlay", "btrfs"];
+use crate::legacy;
 
-/// The order the automatic choice tries them in (dockerd's: overlay first;
+/// The built-in drivers, in the order `layerd` documents them, by their
+/// on-disk (Docker's) names.
+pub const BUILTIN: &[&str] = &["vfs", "overlay2", "btrfs"];
+
+/// Other names a built-in driver answers to: `overlay` is the name earlier
+/// layerd versions used for overlay2.
+pub const ALIASES: &[(&str, &str)] = &[("overlay", "overlay2")];
+
+/// The order the automatic choice tries them in (dockerd's: overlay2 first;
 /// btrfs only works on a btrfs root, and says so; vfs always works).
-pub const PRIORITY: &[&str] = &["overlay", "btrfs", "vfs"];
+pub const PRIORITY: &[&str] = &["overlay2", "btrfs", "vfs"];
 
-/// Open the named built-in driver with its home under `root`.
-pub fn open(name: &str, root: &Path) -> Result<Arc<dyn Driver>> {
-    let home = root.join(name);
-    match name {
-        "vfs" => Ok(Arc::new(crate::vfs::Vfs::new(home)?)),
-        "overlay" => Ok(Arc::new(crate::overlay::Overlay::new(home)?)),
-        "btrfs" => Ok(Arc::new(crate::btrfs::Btrfs::new(home)?)),
-        other => Err(DriverError::Unsupported {
-            driver: other.to_string(),
-            why: format!("no such driver; built in: {}", BUILTIN.join(", ")),
-        }),
-    }
-}
+/// Docker drivers layerd does not implement. A root holding one of them is
+/// refused by the automatic choice rather than given a second driver.
+const FOREIGN: &[&str] = &["overlay", "aufs", "devicemapper", "zfs", "fuse-overlayfs", "windowsfilter"];
 
-/// Drivers that already hold layers or RW layers under `root`
-/// (`<root>/image/<name>/layerdb/{sha256,mounts}` not empty).
-pub fn prior_drivers(root: &Path) -> Vec<&'static str> {
-    let has_entries = |p: &Path| std::fs::read_dir(p).map(|mut d| d.next().is_some()).unwrap_or(false);
+/// The built-in driver `name` stands for (itself or through an alias).
+pub fn canonical(name: &str) -> Option<&'static str> {
     BUILTIN
         .iter()
         .copied()
-        .filter(|name| {
-            let db = root.join("image").join(name).join("layerdb");
-            has_entries(&db.join("sha256")) || has_entries(&db.join("mounts"))
-        })
-        .collect()
+        .find(|b| *b == name)
+        .or_else(|| ALIASES.iter().find(|(alias, _)| *alias == name).map(|(_, to)| *to))
 }
 
-/// Choose a driver the way dockerd does: the one whose layers are already in
-/// `root` (several: refuse, the user must pick); otherwise the first of
-/// [`PRIORITY`] this host supports. Returns the name, the driver, and why the
-/// drivers tried before it were passed over.
+/// Open the named built-in driver (or alias) with its home under `root`.
+/// Opening overlay2 first moves the dirs an earlier layerd wrote under the
+/// name `overlay` to `overlay2` (see [`legacy`]).
+pub fn open(name: &str, root: &Path) -> Result<Arc<dyn Driver>> {
+    let Some(name) = canonical(name) else {
+        return Err(DriverError::Unsupported {
+            driver: name.to_string(),
+            why: format!("no such driver; built in: {} (overlay is an alias of overlay2)", BUILTIN.join(", ")),
+        });
+    };
+    if name == "overlay2" {
+        legacy::migrate_overlay(root)?;
+    }
+    let home = root.join(name);
+    match name {
+        "vfs" => Ok(Arc::new(crate::vfs::Vfs::new(home)?)),
+        "overlay2" => Ok(Arc::new(crate::overlay::Overlay::new(home)?)),
+        _ => Ok(Arc::new(crate::btrfs::Btrfs::new(home)?)),
+    }
+}
+
+fn has_entries(p: &Path) -> bool {
+    std::fs::read_dir(p).map(|mut d| d.next().is_some()).unwrap_or(false)
+}
+
+/// Whether `root` holds state of the driver `name`: its home
+/// (`<root>/<name>`) is not empty — dockerd's rule — or its layerdb
+/// (`<root>/image/<name>/layerdb/{sha256,mounts}`) has entries.
+fn holds(root: &Path, name: &str) -> bool {
+    let db = root.join("image").join(name).join("layerdb");
+    has_entries(&root.join(name)) || has_entries(&db.join("sha256")) || has_entries(&db.join("mounts"))
+}
+
+/// Built-in drivers that already hold state under `root`.
+pub fn prior_drivers(root: &Path) -> Vec<&'static str> {
+    BUILTIN.iter().copied().filter(|name| holds(root, name)).collect()
+}
+
+/// Choose a driver the way dockerd does: the one whose state is already in
+/// `root` (several, or a Docker driver layerd lacks: refuse, saying which);
+/// otherwise the first of [`PRIORITY`] this host supports. A driver tried
+/// and passed over leaves no dirs behind, so the root never holds two
+/// drivers' dirs. Returns the name, the driver, and why the drivers tried
+/// before it were passed over.
 pub fn select(root: &Path) -> Result<(&'static str, Arc<dyn Driver>, Vec<String>)> {
+    legacy::migrate_overlay(root)?;
+    let foreign: Vec<&str> = FOREIGN.iter().copied().filter(|name| holds(root, name)).collect();
+    if let Some(name) = foreign.first() {
+        return Err(DriverError::Unsupported {
+            driver: (*name).to_string(),
+            why: format!("{} holds layers of Docker's {name} driver, which layerd does not implement", root.display()),
+        });
+    }
     match prior_drivers(root).as_slice() {
         [one] => return open(one, root).map(|d| (*one, d, Vec::new())),
         [] => {}
@@ -60,8 +102,50 @@ pub fn select(root: &Path) -> Result<(&'static str, Arc<dyn Driver>, Vec<String>
     }
     let mut passed = Vec::new();
     for name in PRIORITY {
+        let home = root.join(name);
+        let existed = home.exists();
         match open(name, root) {
             Ok(d) => return Ok((name, d, passed)),
+            Err(e @ DriverError::Unsupported { .. }) => {
+                if !existed {
+                    let _ = std::fs::remove_dir_all(&home);
+                }
+                passed.push(e.to_string());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(DriverError::Unsupported { driver: "any".into(), why: passed.join("; ") })
+}
+
+/// Open the named built-in driver with its home exactly at `home` (a plugin
+/// server is told its home by dockerd's `Init`; no `<name>` is appended).
+pub fn open_in(name: &str, home: &Path) -> Result<Arc<dyn Driver>> {
+    match name {
+        "vfs" => Ok(Arc::new(crate::vfs::Vfs::new(home)?)),
+        "overlay" | "overlay2" => Ok(Arc::new(crate::overlay::Overlay::new(home)?)),
+        "btrfs" => Ok(Arc::new(crate::btrfs::Btrfs::new(home)?)),
+        other => Err(DriverError::Unsupported {
+            driver: other.to_string(),
+            why: format!("no such driver; built in: {}", BUILTIN.join(", ")),
+        }),
+    }
+}
+
+/// The automatic choice for a driver whose home is `home` itself: the
+/// driver whose layout the home already holds (vfs `dir/`, btrfs
+/// `subvolumes/`, overlay `l/`), else the first of [`PRIORITY`] this host
+/// supports. Returns the name and the driver.
+pub fn select_in(home: &Path) -> Result<(&'static str, Arc<dyn Driver>)> {
+    for (name, marker) in [("vfs", "dir"), ("btrfs", "subvolumes"), ("overlay", "l")] {
+        if home.join(marker).is_dir() {
+            return open_in(name, home).map(|d| (name, d));
+        }
+    }
+    let mut passed = Vec::new();
+    for name in PRIORITY {
+        match open_in(name, home) {
+            Ok(d) => return Ok((name, d)),
             Err(e @ DriverError::Unsupported { .. }) => passed.push(e.to_string()),
             Err(e) => return Err(e),
         }
@@ -86,17 +170,49 @@ mod tests {
     fn a_root_with_layers_of_several_drivers_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("image/vfs/layerdb/sha256/abc")).unwrap();
-        std::fs::create_dir_all(dir.path().join("image/overlay/layerdb/mounts/x")).unwrap();
+        std::fs::create_dir_all(dir.path().join("image/overlay2/layerdb/mounts/x")).unwrap();
         let err = select(dir.path()).err().unwrap().to_string();
         assert!(err.contains("several drivers") && err.contains("--driver"), "{err}");
     }
 
     #[test]
-    fn a_fresh_root_gets_overlay_here_and_btrfs_says_why_not() {
-        // This machine (root, ext4, overlayfs) supports overlay: it wins.
+    fn a_docker_root_is_recognised_by_its_driver_home() {
+        // A fresh dockerd root: overlay2's `l/` and an empty layerdb.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("overlay2/l")).unwrap();
+        std::fs::create_dir_all(dir.path().join("image/overlay2/layerdb/sha256")).unwrap();
+        assert_eq!(prior_drivers(dir.path()), vec!["overlay2"]);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("btrfs/subvolumes")).unwrap();
+        assert_eq!(prior_drivers(dir.path()), vec!["btrfs"]);
+        // Docker's legacy overlay (no `l/`) and aufs are named, not joined.
+        for (made, named) in [("overlay/0123/root", "overlay"), ("aufs/diff/x", "aufs")] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join(made)).unwrap();
+            let err = select(dir.path()).err().unwrap();
+            assert!(matches!(err, DriverError::Unsupported { .. }), "{err}");
+            assert!(err.to_string().contains(&format!("Docker's {named} driver")), "{err}");
+            assert!(!dir.path().join("overlay2").exists() && !dir.path().join("vfs").exists());
+        }
+    }
+
+    #[test]
+    fn aliases_and_unknown_names() {
+        assert_eq!(canonical("overlay"), Some("overlay2"));
+        assert_eq!(canonical("overlay2"), Some("overlay2"));
+        assert_eq!(canonical("vfs"), Some("vfs"));
+        assert_eq!(canonical("zfs"), None);
+        let dir = tempfile::tempdir().unwrap();
+        let err = open("zfs", dir.path()).err().unwrap();
+        assert!(matches!(err, DriverError::Unsupported { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_fresh_root_gets_overlay2_here_and_btrfs_says_why_not() {
+        // This machine (root, ext4, overlayfs) supports overlay2: it wins.
         let dir = tempfile::Builder::new().tempdir_in("/var/tmp").unwrap();
         let (name, d, passed) = select(dir.path()).unwrap();
-        assert_eq!(name, "overlay");
+        assert_eq!((name, d.name()), ("overlay2", "overlay2"));
         assert!(passed.is_empty());
         let _ = futures_block(d.cleanup());
         // btrfs on a non-btrfs root is a typed "unsupported, because".

@@ -97,7 +97,11 @@ pub enum ChangeKind {
 ///   (`None`: the whole tree).
 /// - `changes(id, parent)`: the paths added, modified or deleted, sorted.
 /// - `apply_diff(id, parent, tar)`: extracts `tar` into `id`, honouring
-///   whiteouts; returns the number of bytes of file content applied. The tar
+///   whiteouts; returns the size Docker's driver of the same kind records
+///   for the layer (the store writes it to `size`): a naive apply reports
+///   the tar's member sizes ([`archive::apply_tar`](crate::archive::apply_tar)),
+///   overlay2's native apply the applied dir as `lstat` sees it
+///   ([`archive::dir_size`](crate::archive::dir_size)). The tar
 ///   is hostile: nothing is written outside the layer, `..`, absolute paths,
 ///   and link escapes are rejected with `InvalidArgument`.
 /// - `diff_size(id, parent)`: bytes of content changed relative to `parent`.
@@ -111,7 +115,9 @@ pub enum ChangeKind {
 /// [`DriverError::Unsupported`](crate::DriverError::Unsupported), saying why.
 #[async_trait]
 pub trait Driver: Send + Sync + 'static {
-    /// The driver's name (`vfs`, `overlay`, `btrfs`, `plugin:NAME`).
+    /// The driver's name, Docker's for the same driver (`vfs`, `overlay2`,
+    /// `btrfs`, `plugin:NAME`): the store keeps its metadata in
+    /// `<root>/image/<name>/layerdb`.
     fn name(&self) -> &str;
 
     async fn create(&self, id: &CacheId, parent: Option<&CacheId>, opts: &CreateOpts) -> Result<()>;

@@ -26,6 +26,17 @@ impl Digest {
         Digest(bytes)
     }
 
+    /// Whether the hex form starts with `prefix` (lowercase hex digits),
+    /// without formatting the digest.
+    pub fn has_hex_prefix(&self, prefix: &str) -> bool {
+        prefix.len() <= 64
+            && prefix.bytes().enumerate().all(|(i, c)| {
+                let byte = self.0[i / 2];
+                let nibble = if i % 2 == 0 { byte >> 4 } else { byte & 0xf };
+                char::from_digit(u32::from(nibble), 16).is_some_and(|d| d as u8 == c)
+            })
+    }
+
     pub fn parse(s: &str) -> Result<Self, LayerStoreError> {
         let bad = || LayerStoreError::InvalidDigest(truncate_for_error(s));
         let hexpart = s.strip_prefix("sha256:").ok_or_else(bad)?;

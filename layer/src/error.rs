@@ -11,6 +11,10 @@ pub enum LayerStoreError {
     InvalidDigest(String),
     #[error("invalid name {0:?}: want 1-128 characters of [A-Za-z0-9_.-], starting with a letter or digit")]
     InvalidName(String),
+    #[error("invalid layer id {0:?}: want a ChainID or a unique prefix of its hex digits (sha256: optional)")]
+    InvalidLayerRef(String),
+    #[error("layer id {prefix} is ambiguous: it could be {}", candidates.join(", "))]
+    AmbiguousLayerRef { prefix: String, candidates: Vec<String> },
     #[error("no such layer {0}")]
     LayerNotFound(String),
     #[error("no such parent layer {0}")]
@@ -51,9 +55,13 @@ impl LayerStoreError {
     pub fn kind(&self) -> ErrorKind {
         use LayerStoreError::*;
         match self {
-            InvalidDigest(_) | InvalidName(_) | MaxDepthExceeded { .. } | DiffIdMismatch { .. } | InvalidInput(_) => {
-                ErrorKind::InvalidArgument
-            }
+            InvalidDigest(_)
+            | InvalidLayerRef(_)
+            | AmbiguousLayerRef { .. }
+            | InvalidName(_)
+            | MaxDepthExceeded { .. }
+            | DiffIdMismatch { .. }
+            | InvalidInput(_) => ErrorKind::InvalidArgument,
             // A parent that does not exist is a client error about the request.
             ParentNotFound(_) => ErrorKind::InvalidArgument,
             LayerNotFound(_) | RwNotFound(_) => ErrorKind::NotFound,

@@ -17,6 +17,7 @@ pub mod digest;
 mod error;
 mod flight;
 mod keyed;
+pub mod layerref;
 pub mod lockstats;
 mod metadata;
 pub mod name;
@@ -27,6 +28,7 @@ pub mod types;
 
 pub use digest::{ChainId, DiffId, Digest};
 pub use error::{LayerStoreError, Result};
+pub use layerref::LayerRef;
 pub use name::RwName;
 pub use rootlock::RootLock;
 pub use store::{InitFn, RwOpts, Store, StoreLockStats, StoreOptions};

@@ -168,7 +168,7 @@ async fn random_concurrent_operations_keep_every_invariant_on_vfs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn random_concurrent_operations_keep_every_invariant_on_overlay() {
     let tmp = tempfile::Builder::new().prefix("layerd-stress").tempdir_in("/var/tmp").unwrap();
-    stress(tmp.path().join("root"), "overlay").await;
+    stress(tmp.path().join("root"), "overlay2").await;
     assert_no_mounts_under(tmp.path());
 }
 

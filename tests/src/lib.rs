@@ -22,6 +22,7 @@
 
 #[doc(hidden)]
 pub mod cases;
+pub mod dockerd;
 mod factory;
 pub mod harness;
 mod report;

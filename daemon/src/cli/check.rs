@@ -7,7 +7,7 @@ use layer::{CheckOpts, CheckReport, Problem};
 use serde_json::Value;
 
 use super::client::{CliResult, Client};
-use super::{Format, from_value, print_json};
+use super::{Format, from_value, output, print_json};
 
 /// Run a check; exit 1 if a problem remains unrepaired.
 pub async fn run(client: &Client, opts: CheckOpts, format: Format) -> CliResult<ExitCode> {
@@ -16,7 +16,7 @@ pub async fn run(client: &Client, opts: CheckOpts, format: Format) -> CliResult<
     if format == Format::Json {
         print_json(&v)?;
     } else {
-        print!("{}", human(&report));
+        output::text(&human(&report));
     }
     let clean = report.problems.iter().all(|p| p.repaired);
     Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE })

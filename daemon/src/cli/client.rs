@@ -12,7 +12,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, TE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use indicatif::ProgressBar;
@@ -47,6 +47,9 @@ pub enum CliError {
     /// Anything else: local files, a broken connection, a bad reply (exit 1).
     #[error("{0}")]
     Other(String),
+    /// Stdout is a pipe whose reader went away: stop quietly (exit 0).
+    #[error("stdout closed")]
+    StdoutClosed,
 }
 
 impl CliError {
@@ -55,6 +58,7 @@ impl CliError {
             CliError::Usage(_) => 2,
             CliError::Unreachable { .. } => 3,
             CliError::Server { .. } | CliError::Other(_) => 1,
+            CliError::StdoutClosed => 0,
         }
     }
 
@@ -125,7 +129,8 @@ impl Client {
         body: ReqBody,
     ) -> CliResult<Response<Incoming>> {
         let mut sender = self.connect().await?;
-        let mut req = Request::builder().method(method).uri(path).header(HOST, "layerd");
+        // `TE: trailers`: a streamed body that fails says why in a trailer.
+        let mut req = Request::builder().method(method).uri(path).header(HOST, "layerd").header(TE, "trailers");
         if let Some(ct) = content_type {
             req = req.header(CONTENT_TYPE, ct);
         }
@@ -189,17 +194,35 @@ pub async fn copy_body<W: AsyncWrite + Unpin>(
     out: &mut W,
     progress: &ProgressBar,
 ) -> CliResult<u64> {
+    let write_err = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::BrokenPipe => CliError::StdoutClosed,
+        _ => CliError::other("write output", e),
+    };
     let mut body = resp.into_body();
     let mut total = 0u64;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| CliError::other("transfer broke off", e))?;
-        if let Ok(data) = frame.into_data() {
-            out.write_all(&data).await.map_err(|e| CliError::other("write output", e))?;
-            total += data.len() as u64;
-            progress.inc(data.len() as u64);
+        let frame = frame.map_err(|e| {
+            CliError::other(
+                "transfer broke off (the daemon's log says why; `layerctl check --verify` checks every layer)",
+                e,
+            )
+        })?;
+        match frame.into_data() {
+            Ok(data) => {
+                out.write_all(&data).await.map_err(write_err)?;
+                total += data.len() as u64;
+                progress.inc(data.len() as u64);
+            }
+            Err(frame) => {
+                // The daemon names a failure after the head in a trailer.
+                if let Some(why) = frame.trailers_ref().and_then(|t| t.get(crate::api::ERROR_TRAILER)) {
+                    let why = String::from_utf8_lossy(why.as_bytes()).into_owned();
+                    return Err(CliError::Other(format!("export failed after {total} bytes: {why}")));
+                }
+            }
         }
     }
-    out.flush().await.map_err(|e| CliError::other("write output", e))?;
+    out.flush().await.map_err(write_err)?;
     Ok(total)
 }
 

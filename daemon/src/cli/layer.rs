@@ -50,7 +50,7 @@ async fn import(client: &Client, parent: Option<String>, diff_id: Option<String>
         client.upload(&path, bar.wrap_async_read(f)).await?
     };
     let info: LayerInfo = from_value(v)?;
-    println!("{}", info.chain_id);
+    outln!("{}", info.chain_id);
     Ok(())
 }
 
@@ -75,7 +75,7 @@ async fn ls(client: &Client, format: Format) -> CliResult<()> {
             ]
         })
         .collect();
-    print!("{}", output::table(&["CHAIN ID", "PARENT", "DEPTH", "SIZE", "REFS", "CHILDREN", "RW"], &rows));
+    output::text(&output::table(&["CHAIN ID", "PARENT", "DEPTH", "SIZE", "REFS", "CHILDREN", "RW"], &rows));
     Ok(())
 }
 
@@ -99,9 +99,9 @@ async fn rm(client: &Client, chains: Vec<String>) -> ExitCode {
     for (chain, result) in chains.iter().zip(results) {
         match result {
             Some(Ok(d)) => {
-                println!("Released: {chain}");
+                outln!("Released: {chain}");
                 for id in d.deleted {
-                    println!("Deleted: {id}");
+                    outln!("Deleted: {id}");
                 }
             }
             Some(Err(e)) => {

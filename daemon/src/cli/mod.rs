@@ -3,7 +3,16 @@
 //! Exit codes: 0 success, 1 the daemon (or a local file) reported an error,
 //! 2 usage error, 3 the daemon could not be reached. Errors go to stderr as
 //! `layerctl: <message>`; with `--format json` stdout carries exactly the JSON
-//! the API returned.
+//! the API returned. A closed stdout (`layerctl … | head`) ends the command
+//! quietly with exit 0, as ripgrep does.
+
+/// `println!` for command output, through [`output::line`]: a closed
+/// stdout ends the process quietly instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::output::line(::std::format_args!($($arg)*))
+    };
+}
 
 pub mod check;
 pub mod client;
@@ -53,7 +62,7 @@ pub enum Command {
     /// process (no daemon needed; run as root). Ends with the line
     /// `N passed, M failed, K skipped`; exit 1 if any case failed.
     Conformance {
-        /// The driver to test: vfs, overlay or btrfs.
+        /// The driver to test: vfs, overlay2 (alias overlay) or btrfs.
         #[arg(long, value_name = "NAME")]
         driver: String,
         /// Where the per-case temp dirs go (btrfs: a dir on a btrfs filesystem).
@@ -186,6 +195,7 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
+        Err(CliError::StdoutClosed) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("layerctl: {e}");
             ExitCode::from(e.exit_code())
@@ -245,14 +255,14 @@ async fn info(client: &Client, format: Format) -> CliResult<()> {
         rows.extend(info.driver_status.into_iter().map(|(k, v)| vec![format!("  {k}:"), v]));
     }
     let table = output::table(&["Host:", &client.host()], &rows);
-    print!("{table}");
+    output::text(&table);
     Ok(())
 }
 
 /// Print a JSON value as the API returned it, pretty.
 pub fn print_json(v: &Value) -> CliResult<()> {
     let s = serde_json::to_string_pretty(v).map_err(|e| CliError::other("format JSON", e))?;
-    println!("{s}");
+    outln!("{s}");
     Ok(())
 }
 

@@ -1,4 +1,27 @@
-//! Human output: aligned plain-text tables, short ids, sizes.
+//! Human output: aligned plain-text tables, short ids, sizes, and the one
+//! writer of stdout lines.
+
+use std::io::{self, Write};
+
+/// Write one line of command output. A closed stdout (the reader of a
+/// pipe went away: `layerctl layer ls | head -1`) ends the process quietly
+/// with exit 0; any other write error ends it with a message and exit 1.
+pub fn line(args: std::fmt::Arguments<'_>) {
+    text(&format!("{args}\n"));
+}
+
+/// Write `s` as is to stdout, as [`line`] does.
+pub fn text(s: &str) {
+    let mut out = io::stdout().lock();
+    if let Err(e) = out.write_all(s.as_bytes()).and_then(|()| out.flush()) {
+        drop(out);
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("layerctl: write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
 
 /// `sha256:` and the first 12 hex digits; anything else unchanged.
 pub fn short_id(id: &str) -> String {

@@ -17,7 +17,7 @@ pub async fn run(client: &Client, cmd: RwCmd) -> CliResult<ExitCode> {
         RwCmd::Create { name, parent, init } => {
             let req = CreateRwRequest { name, parent, init };
             let info: RwInfo = client.call_json(Method::POST, "/v1/rw", &req).await?;
-            println!("{}", info.name);
+            outln!("{}", info.name);
         }
         RwCmd::Ls { format } => ls(client, format).await?,
         RwCmd::Inspect { name } => {
@@ -26,7 +26,7 @@ pub async fn run(client: &Client, cmd: RwCmd) -> CliResult<ExitCode> {
         }
         RwCmd::Mount { name } => {
             let m: MountResponse = client.call(Method::POST, &rw_path(&name, "/mount")).await?;
-            println!("{}", m.path.display());
+            outln!("{}", m.path.display());
         }
         RwCmd::Unmount { name } => client.call_unit(Method::POST, &rw_path(&name, "/unmount")).await?,
         RwCmd::Changes { name, format } => {
@@ -36,14 +36,14 @@ pub async fn run(client: &Client, cmd: RwCmd) -> CliResult<ExitCode> {
             } else {
                 let changes: Vec<Change> = from_value(v)?;
                 for c in changes {
-                    println!("{}", change_line(&c));
+                    outln!("{}", change_line(&c));
                 }
             }
         }
         RwCmd::Diff { name, output } => save(client, &rw_path(&name, "/tar"), output.as_deref()).await?,
         RwCmd::Commit { name } => {
             let info: LayerInfo = client.call(Method::POST, &rw_path(&name, "/commit")).await?;
-            println!("{}", info.chain_id);
+            outln!("{}", info.chain_id);
         }
         RwCmd::Rm { names } => return rm(client, names).await,
     }
@@ -82,7 +82,7 @@ async fn ls(client: &Client, format: Format) -> CliResult<()> {
             ]
         })
         .collect();
-    print!("{}", output::table(&["NAME", "PARENT", "MOUNTS", "PATH"], &rows));
+    output::text(&output::table(&["NAME", "PARENT", "MOUNTS", "PATH"], &rows));
     Ok(())
 }
 
@@ -93,7 +93,7 @@ async fn rm(client: &Client, names: Vec<String>) -> CliResult<ExitCode> {
     let mut failed = false;
     for r in resp.results {
         if r.ok {
-            println!("{}", r.name);
+            outln!("{}", r.name);
         } else {
             failed = true;
             eprintln!("layerctl: {}: {}", r.name, r.error.as_deref().unwrap_or("failed"));

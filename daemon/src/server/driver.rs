@@ -12,9 +12,10 @@ use graphdriver::Driver;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DriverSpec {
     /// dockerd's choice: the driver whose layers are already in the root,
-    /// else the first this host supports (overlay, btrfs, vfs).
+    /// else the first this host supports (overlay2, btrfs, vfs).
     Auto,
     Vfs,
+    /// Docker's overlay2 (flag `overlay2`, or its alias `overlay`).
     Overlay,
     Btrfs,
     /// A Docker graphdriver plugin, by name.
@@ -33,7 +34,7 @@ impl fmt::Display for DriverSpec {
         match self {
             DriverSpec::Auto => f.write_str("auto"),
             DriverSpec::Vfs => f.write_str("vfs"),
-            DriverSpec::Overlay => f.write_str("overlay"),
+            DriverSpec::Overlay => f.write_str("overlay2"),
             DriverSpec::Btrfs => f.write_str("btrfs"),
             DriverSpec::Plugin(name) => write!(f, "plugin:{name}"),
         }
@@ -52,7 +53,9 @@ impl FromStr for DriverSpec {
             _ => match s.strip_prefix("plugin:") {
                 Some(name) if valid_plugin_name(name) => Ok(DriverSpec::Plugin(name.to_owned())),
                 Some(name) => Err(format!("invalid plugin name {name:?}: want [A-Za-z0-9_.-]+")),
-                None => Err(format!("unknown driver {s:?}: want auto, vfs, overlay, btrfs or plugin:NAME")),
+                None => {
+                    Err(format!("unknown driver {s:?}: want auto, vfs, overlay2 (or overlay), btrfs or plugin:NAME"))
+                }
             },
         }
     }
@@ -64,8 +67,9 @@ fn valid_plugin_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
-/// Construct the driver, its home being `<root>/<driver name>`.
-pub fn open(spec: &DriverSpec, root: &Path) -> anyhow::Result<Arc<dyn Driver>> {
+/// Construct the driver, its home being `<root>/<driver name>` (for a
+/// plugin, `<root>/<plugin name>`, as dockerd does it).
+pub async fn open(spec: &DriverSpec, root: &Path) -> anyhow::Result<Arc<dyn Driver>> {
     match spec {
         DriverSpec::Auto => {
             let (name, driver, passed) =
@@ -76,13 +80,26 @@ pub fn open(spec: &DriverSpec, root: &Path) -> anyhow::Result<Arc<dyn Driver>> {
             tracing::info!(driver = name, "driver chosen automatically");
             Ok(driver)
         }
-        DriverSpec::Plugin(_) => {
-            bail!("driver {spec} is not available yet (built in: {})", drivers::registry::BUILTIN.join(", "))
+        DriverSpec::Plugin(name) => {
+            let home = root.join(name);
+            let d = plugin::PluginDriver::connect(name, &home, plugin::ClientOptions::default())
+                .await
+                .with_context(|| format!("use graphdriver plugin {name} (home {})", home.display()))?;
+            tracing::info!(plugin = %name, addr = %d.addr(), "graphdriver plugin activated and initialised");
+            Ok(d)
         }
         builtin => {
             let name = builtin.name();
             if !drivers::registry::BUILTIN.contains(&name.as_str()) {
                 bail!("driver {name} is not available yet (built in: {})", drivers::registry::BUILTIN.join(", "));
+            }
+            let others: Vec<&str> = drivers::registry::prior_drivers(root).into_iter().filter(|p| *p != name).collect();
+            if !others.is_empty() {
+                tracing::warn!(
+                    driver = %name,
+                    others = others.join(", "),
+                    "the root already holds another driver's state; a default dockerd refuses a root with several"
+                );
             }
             drivers::registry::open(&name, root)
                 .with_context(|| format!("start the {name} driver in {}", root.join(&name).display()))
@@ -102,6 +119,7 @@ mod tests {
         assert_eq!("btrfs".parse(), Ok(DriverSpec::Btrfs));
         assert_eq!("plugin:my-drv".parse(), Ok(DriverSpec::Plugin("my-drv".into())));
         assert_eq!(DriverSpec::Plugin("x".into()).to_string(), "plugin:x");
+        assert_eq!(DriverSpec::Overlay.name(), "overlay2", "the home and layerdb use Docker's name");
     }
 
     #[test]
@@ -112,10 +130,11 @@ mod tests {
         assert!("plugin:a/b".parse::<DriverSpec>().is_err());
     }
 
-    #[test]
-    fn unavailable_drivers_say_so() {
+    #[tokio::test]
+    async fn a_missing_plugin_says_where_it_was_looked_for() {
         let dir = std::path::Path::new("/nonexistent");
-        let msg = open(&DriverSpec::Plugin("p".into()), dir).err().unwrap().to_string();
-        assert!(msg.contains("is not available yet"), "{msg}");
+        let name = format!("layerd-test-absent-{}", std::process::id());
+        let msg = format!("{:#}", open(&DriverSpec::Plugin(name.clone()), dir).await.err().unwrap());
+        assert!(msg.contains(&name) && msg.contains("/run/docker/plugins"), "{msg}");
     }
 }

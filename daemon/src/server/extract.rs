@@ -7,7 +7,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use bytes::Bytes;
-use layer::{ChainId, RwName};
+use layer::{ChainId, LayerRef, LayerStoreError, RwName, Store};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
@@ -51,16 +51,33 @@ async fn path_string<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<Str
         .map_err(|rej: PathRejection| ApiError::new(rej.status(), rej.body_text()))
 }
 
-/// The `{chain}` path value, parsed.
-pub struct ChainPath(pub ChainId);
+/// The `{chain}` path value: a ChainID or a unique prefix of one, with or
+/// without `sha256:` (Docker's short ids). Handlers resolve it with
+/// [`Store::resolve`](layer::Store::resolve).
+pub struct ChainPath(pub LayerRef);
 
 impl<S: Send + Sync> FromRequestParts<S> for ChainPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let s = path_string(parts, state).await?;
-        ChainId::parse(&s).map(ChainPath).map_err(|e| ApiError::bad_request(e.to_string()))
+        LayerRef::parse(&s).map(ChainPath).map_err(|e| ApiError::bad_request(e.to_string()))
     }
+}
+
+/// A `parent` given by ChainID or unique prefix, resolved to the ChainID
+/// of a live layer. Unknown or malformed: 400 `parent: ...`; ambiguous:
+/// 400 naming the candidates.
+pub fn resolve_parent(store: &Store, parent: &str) -> Result<ChainId, ApiError> {
+    let bad = |e: LayerStoreError| {
+        let e = match e {
+            LayerStoreError::LayerNotFound(id) => LayerStoreError::ParentNotFound(id),
+            other => other,
+        };
+        let api = ApiError::from(e);
+        ApiError::new(api.status(), format!("parent: {}", api.public_message()))
+    };
+    LayerRef::parse(parent).and_then(|r| store.resolve(&r)).map_err(bad)
 }
 
 /// The `{name}` path value, parsed.
@@ -95,5 +112,22 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for JsonOrDef
                 "Expected request with `Content-Type: application/json`",
             ))
         }
+    }
+}
+
+/// Whether the client accepts trailers (`TE: trailers`): a streamed tar
+/// that fails then says why in a trailer rather than just breaking off.
+pub struct AcceptsTrailers(pub bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for AcceptsTrailers {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let te = parts.headers.get_all(header::TE).iter();
+        let yes = te
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.split(';').next().is_some_and(|name| name.trim().eq_ignore_ascii_case("trailers")));
+        Ok(AcceptsTrailers(yes))
     }
 }

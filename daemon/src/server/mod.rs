@@ -14,6 +14,7 @@ pub mod idempotency;
 pub mod layers;
 pub mod metrics;
 pub mod openapi;
+pub mod plugin;
 pub mod routes;
 pub mod rw;
 pub mod socket;
@@ -47,9 +48,10 @@ pub struct Config {
     /// Data root: the store's metadata and the driver's layers live here.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/layerd")]
     pub root: PathBuf,
-    /// Graph driver: auto, vfs, overlay, btrfs or plugin:NAME. auto keeps the
-    /// driver whose layers the root holds, else takes the first this host
-    /// supports: overlay, btrfs, vfs.
+    /// Graph driver: auto, vfs, overlay2 (alias overlay), btrfs or
+    /// plugin:NAME. auto keeps the driver whose layers the root holds (a
+    /// Docker root's too), else takes the first this host supports:
+    /// overlay2, btrfs, vfs.
     #[arg(long, value_name = "DRIVER", default_value = "auto")]
     pub driver: DriverSpec,
     /// Unix socket to listen on (created with mode 0660).
@@ -80,7 +82,11 @@ const MAX_BLOCKING_THREADS: usize = 4096;
 
 /// The `layerd` binary.
 pub fn main() -> ExitCode {
-    let config = match Config::load_from(std::env::args_os(), Path::new(config::DEFAULT_PATH)) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "plugin") {
+        return plugin::main(args.into_iter().skip(1).collect());
+    }
+    let config = match Config::load_from(args, Path::new(config::DEFAULT_PATH)) {
         Ok(c) => c,
         Err(config::LoadError::Flags(e)) => e.exit(),
         Err(config::LoadError::Config(e)) => {
@@ -88,7 +94,17 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = trace::init(&config.log_level) {
+    run_to_exit(&config.log_level.clone(), "layerd", run(config))
+}
+
+/// Set up logging and a multi-threaded runtime, run `work` to its end and
+/// turn its outcome into the exit code (2: bad logging flags; 1: failed).
+pub(crate) fn run_to_exit(
+    log_level: &str,
+    what: &str,
+    work: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    if let Err(e) = trace::init(log_level) {
         eprintln!("layerd: {e:#}");
         return ExitCode::from(2);
     }
@@ -103,10 +119,10 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "layerd failed");
+            tracing::error!(error = format!("{e:#}"), "{what} failed");
             eprintln!("layerd: {e:#}");
             ExitCode::FAILURE
         }
@@ -120,7 +136,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Lock the root before the driver exists: its constructor cleans crash
     // leftovers in its home, which must never happen under a live daemon.
     let lock = layer::RootLock::acquire(&config.root)?;
-    let driver = driver::open(&config.driver, &config.root)?;
+    let driver = driver::open(&config.driver, &config.root).await?;
     let store = Store::open_locked(lock, driver, layer::StoreOptions::default())
         .await
         .with_context(|| format!("open the layer store in {}", config.root.display()))?;

@@ -7,12 +7,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use graphdriver::Change;
-use layer::{ChainId, LayerInfo, RwInfo, RwName, RwOpts, Store};
+use layer::{LayerInfo, RwInfo, RwName, RwOpts, Store};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{ApiJson, NamePath};
+use super::extract::{AcceptsTrailers, ApiJson, NamePath, resolve_parent};
 use super::routes::AppState;
 use super::stream::tar_response;
 use crate::api::{BulkDeleteRequest, BulkDeleteResponse, BulkDeleteResult, CreateRwRequest, MountResponse};
@@ -29,13 +29,8 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateRwRequest>,
 ) -> ApiResult<(StatusCode, Json<RwInfo>)> {
     let name = RwName::parse(&req.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let parent = req
-        .parent
-        .as_deref()
-        .filter(|s| !s.is_empty())
-        .map(ChainId::parse)
-        .transpose()
-        .map_err(|e| ApiError::bad_request(format!("parent: {e}")))?;
+    let parent =
+        req.parent.as_deref().filter(|s| !s.is_empty()).map(|p| resolve_parent(&state.store, p)).transpose()?;
     let opts = RwOpts { init: req.init, ..RwOpts::default() };
     let store = state.store.clone();
     let info = state.detached(async move { Ok(store.create_rw(&name, parent.as_ref(), opts).await?) }).await?;
@@ -63,9 +58,13 @@ pub async fn changes(State(state): State<AppState>, NamePath(name): NamePath) ->
     Ok(Json(state.store.changes(&name).await?))
 }
 
-pub async fn tar(State(state): State<AppState>, NamePath(name): NamePath) -> ApiResult<Response> {
+pub async fn tar(
+    State(state): State<AppState>,
+    NamePath(name): NamePath,
+    AcceptsTrailers(trailers): AcceptsTrailers,
+) -> ApiResult<Response> {
     let reader = state.store.diff(&name).await?;
-    Ok(tar_response(reader, state.metrics.exported.clone(), state.idle_timeout))
+    Ok(tar_response(reader, state.metrics.exported.clone(), state.idle_timeout, trailers))
 }
 
 pub async fn commit(

@@ -19,7 +19,9 @@
 //!   thread; one that takes nothing for the idle timeout is dropped (the
 //!   reader, and any key it holds, with it). A read error is
 //!   sent as a body error, which makes hyper abort the response (no final
-//!   chunk), so a client never mistakes a failed export for a short tar.
+//!   chunk), so a client never mistakes a failed export for a short tar. A
+//!   client that accepts trailers (`TE: trailers`) gets the reason instead,
+//!   in the [`ERROR_TRAILER`] trailer.
 
 use std::io::{self, Read};
 use std::pin::Pin;
@@ -35,6 +37,8 @@ use futures_util::StreamExt;
 use graphdriver::TarReader;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::mpsc;
+
+use crate::api::ERROR_TRAILER;
 
 use super::metrics::ByteCounter;
 
@@ -175,12 +179,35 @@ impl Drop for DrainOnDrop {
 }
 
 /// A `200 application/x-tar` response streaming `reader`; every byte sent
-/// is counted in `sent`. A client that takes nothing for `idle` is dropped.
-pub fn tar_response(reader: TarReader, sent: ByteCounter, idle: Duration) -> Response {
+/// is counted in `sent`. With `trailers` (the client sent `TE: trailers`)
+/// a failure ends the body with an [`ERROR_TRAILER`] saying why; without,
+/// it aborts the body. A client that takes nothing for `idle` is dropped.
+pub fn tar_response(reader: TarReader, sent: ByteCounter, idle: Duration, trailers: bool) -> Response {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
     tokio::spawn(pump(reader, tx, sent, idle));
     let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    ([(header::CONTENT_TYPE, "application/x-tar")], Body::from_stream(stream)).into_response()
+    let frames = stream.map(move |item| match item {
+        Ok(data) => Ok(Frame::data(data)),
+        Err(e) if trailers => Ok(Frame::trailers(error_trailer(&e))),
+        Err(e) => Err(e),
+    });
+    let body = Body::new(http_body_util::StreamBody::new(frames));
+    let mut resp = ([(header::CONTENT_TYPE, "application/x-tar")], body).into_response();
+    if trailers {
+        resp.headers_mut().insert(header::TRAILER, header::HeaderValue::from_static(ERROR_TRAILER));
+    }
+    resp
+}
+
+/// `layerd-error: <why>`, the message (UTF-8) made a valid header value.
+fn error_trailer(e: &io::Error) -> header::HeaderMap {
+    // UTF-8 passes as obs-text bytes; control characters become spaces.
+    let why: String = e.to_string().chars().map(|c| if c.is_control() { ' ' } else { c }).take(2048).collect();
+    let mut map = header::HeaderMap::new();
+    if let Ok(v) = header::HeaderValue::from_bytes(why.as_bytes()) {
+        map.insert(ERROR_TRAILER, v);
+    }
+    map
 }
 
 /// What one blocking hop read: chunks, then the end or an error.
@@ -250,8 +277,7 @@ async fn pump(mut reader: TarReader, tx: mpsc::Sender<io::Result<Bytes>>, sent: 
             None => {}
             Some(Ok(())) => return,
             Some(Err(e)) => {
-                tracing::error!(error = %e, "tar stream failed; aborting the response");
-                // The client only learns that the body broke off.
+                tracing::error!(error = %e, "tar stream failed; ending the response with the reason");
                 let _ = tx.send(Err(e)).await;
                 return;
             }
@@ -273,7 +299,7 @@ mod tests {
     impl Read for Failing {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
             if self.pos == self.good.len() {
-                return Err(io::Error::other("checksum mismatch"));
+                return Err(io::Error::other("checksum mismatch — re-import"));
             }
             let n = buf.len().min(self.good.len() - self.pos);
             buf[..n].copy_from_slice(&self.good[self.pos..self.pos + n]);
@@ -309,7 +335,7 @@ mod tests {
     async fn a_whole_stream_arrives_intact() {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let sent = ByteCounter::default();
-        let resp = tar_response(Box::new(io::Cursor::new(data.clone())), sent.clone(), DEFAULT_IDLE_TIMEOUT);
+        let resp = tar_response(Box::new(io::Cursor::new(data.clone())), sent.clone(), DEFAULT_IDLE_TIMEOUT, true);
         let got = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(got.as_ref(), data.as_slice());
         assert_eq!(sent.get(), data.len() as u64);
@@ -321,8 +347,24 @@ mod tests {
             Box::new(Failing { good: vec![7; 100_000], pos: 0 }),
             ByteCounter::default(),
             DEFAULT_IDLE_TIMEOUT,
+            false,
         );
         assert!(resp.into_body().collect().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_failing_stream_says_why_in_a_trailer_to_who_asks() {
+        let resp = tar_response(
+            Box::new(Failing { good: vec![7; 100_000], pos: 0 }),
+            ByteCounter::default(),
+            DEFAULT_IDLE_TIMEOUT,
+            true,
+        );
+        assert_eq!(resp.headers()[header::TRAILER], ERROR_TRAILER);
+        let got = resp.into_body().collect().await.unwrap();
+        let trailers = got.trailers().cloned().unwrap();
+        assert_eq!(trailers[ERROR_TRAILER].as_bytes(), "checksum mismatch — re-import".as_bytes());
+        assert_eq!(got.to_bytes().len(), 100_000);
     }
 
     #[tokio::test]

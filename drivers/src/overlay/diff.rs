@@ -37,6 +37,12 @@ pub fn size(layout: &Layout, id: &CacheId) -> Result<u64> {
     Ok(archive::overlay::size(&layout.diff(id), &lowers)?)
 }
 
+/// The size Docker's overlay2 records for a layer applied natively: its
+/// `diff/` dir as `lstat` sees it (moby's `directory.Size`).
+pub fn applied_size(layout: &Layout, id: &CacheId) -> Result<u64> {
+    Ok(archive::dir_size(&layout.diff(id))?)
+}
+
 /// Extract `tar` into the layer's `diff/`, whiteouts as overlay reads them.
 pub fn apply(layout: &Layout, id: &CacheId, tar: &mut dyn Read) -> Result<u64> {
     let opts = ApplyOptions { whiteouts: WhiteoutFormat::Overlay };

@@ -47,7 +47,9 @@ pub use check::HostInfo;
 use family::{Family, Removal};
 use layout::Layout;
 
-const NAME: &str = "overlay";
+/// Docker's name for this driver and its on-disk layout: the home is
+/// `<root>/overlay2`, the layer metadata `<root>/image/overlay2/layerdb`.
+const NAME: &str = "overlay2";
 
 /// A layer's mount count and where `get` put it.
 #[derive(Debug, Default)]
@@ -114,6 +116,12 @@ impl Overlay {
             family,
             relative_mounts: AtomicU64::new(0),
         })
+    }
+
+    /// Undo every mount below `dir` (a crash's leftovers), before the dir
+    /// is moved ([`crate::legacy`]).
+    pub(crate) fn unmount_all_under(dir: &std::path::Path) -> Result<usize> {
+        Ok(mount::unmount_all_under(dir).ctx("unmount leftovers under", dir)?)
     }
 
     /// What the start-up probe found.
@@ -396,11 +404,16 @@ impl Driver for Overlay {
     async fn apply_diff(&self, id: &CacheId, parent: Option<&CacheId>, mut tar: TarReader) -> Result<u64> {
         self.existing(id).await?;
         let (parent, prefix) = (parent.cloned(), self.prefix.clone());
+        let native_diff = self.info.native_diff.is_ok();
         // Applying writes only files, whiteout devices and opaque xattrs, so
         // it is native even where the kernel makes the native *diff* unsafe.
+        // The size is Docker's for the same case: overlay2 measures the
+        // applied diff dir (moby's `directory.Size`) when its diff is native,
+        // and otherwise applies naively and reports the tar's size.
         self.on_layer(id, move |layout, id| {
             if diff::is_parent(layout, id, parent.as_ref())? {
-                diff::apply(layout, id, &mut tar)
+                let tar_size = diff::apply(layout, id, &mut tar)?;
+                if native_diff { diff::applied_size(layout, id) } else { Ok(tar_size) }
             } else {
                 diff::apply_through_mount(layout, &prefix, id, &mut tar)
             }
@@ -976,7 +989,7 @@ mod tests {
         let err = Overlay::new(p.join("nested")).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unsupported);
         assert!(
-            matches!(&err, DriverError::Unsupported { driver, why } if driver == "overlay" && why.contains("overlayfs"))
+            matches!(&err, DriverError::Unsupported { driver, why } if driver == "overlay2" && why.contains("overlayfs"))
         );
         fx.d.put(&rw).await.unwrap();
         fx.finish().await;
@@ -991,10 +1004,13 @@ mod tests {
         let base = CacheId::random();
         d.create(&base, None, &opts()).await.unwrap();
         let n = d.apply_diff(&base, None, Box::new(Cursor::new(image()))).await.unwrap();
-        assert_eq!(n, 10 + 9 + 4 + 4 + 7 + 1 + 1 + 1);
+        // Docker's overlay2 size: the diff dir as lstat sees it, so the
+        // symlink counts its 6-byte target; diff_size counts file bytes.
+        let file_bytes = 10 + 9 + 4 + 4 + 7 + 1 + 1 + 1;
+        assert_eq!(n, file_bytes + "target".len() as u64);
         let dir = d.diff_getter(&base).await.unwrap().unwrap();
         assert_eq!(fs::read_to_string(dir.join("usr/bin/tool")).unwrap(), "tool v1");
-        assert_eq!(d.diff_size(&base, None).await.unwrap(), n);
+        assert_eq!(d.diff_size(&base, None).await.unwrap(), file_bytes);
         // The whole-layer diff re-registers to the same tree.
         let copy = CacheId::random();
         d.create(&copy, None, &opts()).await.unwrap();
@@ -1069,7 +1085,7 @@ mod tests {
     async fn status_options_and_the_registry() {
         let dir = disk_tempdir();
         let d = crate::registry::open("overlay", dir.path()).unwrap();
-        assert_eq!(d.name(), "overlay");
+        assert_eq!(d.name(), "overlay2", "the alias opens Docker's overlay2");
         assert_eq!(d.capabilities(), Capabilities { native_diff: true, diff_getter: true });
         let status: BTreeMap<_, _> = d.status().await.into_iter().collect();
         assert_eq!(status["Native Overlay Diff"], "true");
@@ -1077,7 +1093,7 @@ mod tests {
         assert!(status["Mount Options"].contains("index=off"), "{status:?}");
         assert_eq!(status["Redirect Dir"], "off (mount option)");
         assert!(!status["Backing Filesystem"].is_empty());
-        assert_eq!(d.scratch_dir(), dir.path().canonicalize().unwrap().join("overlay/tmp"));
+        assert_eq!(d.scratch_dir(), dir.path().canonicalize().unwrap().join("overlay2/tmp"));
         let mut o = opts();
         o.storage_opt.insert("size".into(), "10G".into());
         assert_eq!(d.create(&CacheId::random(), None, &o).await.unwrap_err().kind(), ErrorKind::Unsupported);

@@ -51,6 +51,8 @@ pub(super) struct Applier<'a> {
     pub(super) unpacked: HashSet<Rel>,
     /// Directory mode and times, applied after every entry, deepest first.
     pub(super) dirs: HashMap<Rel, (u32, Timestamps)>,
+    /// Docker's `UnpackLayer` size: the sum of every member's header size,
+    /// a sparse file counting its logical size (as Go's reader reports it).
     pub(super) written: u64,
 }
 
@@ -84,6 +86,12 @@ impl Applier<'_> {
         let rel = parse_path(&raw, "path")?;
         let shown = show(&rel);
         let kind = Kind::of(ty).ok_or_else(|| invalid(format!("{shown}: unsupported entry type {ty:?}")))?;
+        // A regular file counts its logical size where it is written; every
+        // other member (whiteouts and skipped AUFS metadata too) its header's.
+        let header_size = e.size();
+        if kind != Kind::File {
+            self.written += header_size;
+        }
         if rel.is_empty() {
             if kind != Kind::Dir {
                 return Err(invalid(format!(
@@ -104,12 +112,16 @@ impl Applier<'_> {
             {
                 return Err(invalid(format!("{shown}: whiteout entry is not a regular file")));
             }
+            self.written += header_size;
             return Ok(());
         }
         let (parent, base) = rel.split_at(rel.len() - 1);
         let wh = whiteout::classify(&base[0]).map_err(|m| invalid(format!("{shown}: {m}")))?;
         if wh != Whiteout::None && !(kind == Kind::File && ty != EntryType::GNUSparse) {
             return Err(invalid(format!("{shown}: whiteout entry is not a regular file")));
+        }
+        if wh != Whiteout::None {
+            self.written += header_size;
         }
         match wh {
             Whiteout::None => self.write(e, ty, kind, &rel, pax),
@@ -511,6 +523,27 @@ mod tests {
                 assert_eq!(parent.len(), 2, "{what}: something written next to the layer");
             }
         }
+    }
+
+    #[test]
+    fn sizes_are_dockers_tar_rule_and_lstat_rule() {
+        // A 5-byte file, its hardlink, a symlink with a 6-byte target, a
+        // whiteout and AUFS metadata.
+        let tar = raw_tar(&[
+            (b"d", DIR, b"", b""),
+            (b"d/f", REG, b"", b"hello"),
+            (b"d/h", LNK, b"d/f", b""),
+            (b"d/s", SYM, b"target", b""),
+            (b"d/.wh.gone", REG, b"", b""),
+            (b".wh..wh.plnk", DIR, b"", b""),
+        ]);
+        let f = fixture();
+        // UnpackLayer's rule (naive drivers): the members' header sizes.
+        assert_eq!(apply_bytes(&f.layer, &tar, WhiteoutFormat::Overlay).unwrap(), 5);
+        // directory.Size's rule (overlay2): lstat sizes, each inode once.
+        assert_eq!(super::super::dir_size(&f.layer).unwrap(), 5 + 6);
+        let f = fixture();
+        assert_eq!(remove(&f.layer, &tar).unwrap(), 5);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::path::Path;
 use super::fs::list_xattrs;
 use super::whiteout::is_overlay_xattr;
 use crate::driver::{Change, ChangeKind};
-use crate::error::{ArchiveError, IoContext};
+use crate::error::{ArchiveError, IoContext, IoError};
 
 /// What the comparison looks at, per path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,6 +170,39 @@ pub(super) fn changes_dirs(layer: &Path, parent: Option<&Path>) -> Result<Vec<Ch
     add_changes(&new, true, Some(&old), "/", &mut out);
     out.sort();
     Ok(out)
+}
+
+/// moby's `directory.Size`: every non-directory under `dir` as `lstat`
+/// sees it (so a symlink counts its target's length), once per inode, size-0
+/// entries skipped; entries that vanish during the walk are ignored.
+pub(super) fn dir_size(dir: &Path) -> Result<u64, ArchiveError> {
+    let mut seen = HashSet::new();
+    let mut size = 0u64;
+    for entry in walkdir::WalkDir::new(dir).follow_links(false) {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) if e.depth() > 0 && e.io_error().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) => {
+                continue;
+            }
+            Err(e) => {
+                let path = e.path().unwrap_or(dir).to_path_buf();
+                return Err(IoError::new("walk", path, e.into()).into());
+            }
+        };
+        if entry.file_type().is_dir() {
+            continue;
+        }
+        let md = match entry.metadata() {
+            Ok(md) => md,
+            Err(e) if e.io_error().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) => continue,
+            Err(e) => return Err(IoError::new("lstat", entry.path(), e.into()).into()),
+        };
+        if md.len() == 0 || !seen.insert(md.ino()) {
+            continue;
+        }
+        size += md.len();
+    }
+    Ok(size)
 }
 
 pub(super) fn changes_size(layer: &Path, changes: &[Change]) -> u64 {

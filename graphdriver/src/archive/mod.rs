@@ -55,7 +55,10 @@ pub struct ApplyOptions {
     pub whiteouts: WhiteoutFormat,
 }
 
-/// Extract `tar` into `dir`. Returns the bytes of file content written.
+/// Extract `tar` into `dir`. Returns the size Docker's `UnpackLayer`
+/// reports for it, which its naive-diff drivers (vfs, btrfs) record as a
+/// layer's `size`: the sum of the members' header sizes (a sparse file's
+/// logical size; symlinks, hardlinks and directories usually 0).
 ///
 /// The tar is hostile: absolute paths, `..`, writes through symlinks, link
 /// escapes and malformed whiteouts are [`ArchiveError::InvalidTar`], and
@@ -73,6 +76,13 @@ pub fn changes_dirs(layer: &Path, parent: Option<&Path>) -> Result<Vec<Change>, 
 /// Bytes of regular-file content behind `changes` (deletions count nothing).
 pub fn changes_size(layer: &Path, changes: &[Change]) -> u64 {
     changes::changes_size(layer, changes)
+}
+
+/// The size of a tree as Docker's overlay2 records it for an applied layer
+/// (moby's `directory.Size`): non-directories by `lstat` size — a symlink
+/// counts its target's length — each inode once.
+pub fn dir_size(dir: &Path) -> Result<u64, ArchiveError> {
+    changes::dir_size(dir)
 }
 
 /// Write a tar of `changes` (read from `layer`), deletions as `.wh.` entries.

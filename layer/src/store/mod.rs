@@ -280,6 +280,25 @@ impl Store {
         self.inner.info_of(chain_id)
     }
 
+    /// The ChainID `layer` names: a full ChainID as is (the operation then
+    /// answers whether it exists), a prefix by a scan of the layer map —
+    /// no I/O, held as long as a snapshot — naming exactly one live layer.
+    pub fn resolve(&self, layer: &crate::LayerRef) -> Result<ChainId> {
+        let prefix = match layer {
+            crate::LayerRef::Full(c) => return Ok(c.clone()),
+            crate::LayerRef::Prefix(p) => p,
+        };
+        let _global = self.inner.coarse_read();
+        let found: Vec<ChainId> = {
+            let g = self.inner.layers.lock();
+            g.live()
+                .filter(|(m, _)| m.chain_id.digest().has_hex_prefix(prefix))
+                .map(|(m, _)| m.chain_id.clone())
+                .collect()
+        };
+        layer.choose(found)
+    }
+
     /// Take a new reference on an existing layer.
     pub async fn retain(&self, chain_id: &ChainId) -> Result<LayerInfo> {
         let chain = chain_id.clone();
