@@ -153,7 +153,8 @@ mod tests {
         std::fs::write(
             &file,
             "root = \"/data/layers\"\ndriver = \"overlay\"\nsocket = \"run/l.sock\"\n\
-             listen = \"tcp://127.0.0.1:2375\"\ntoken_file = \"/etc/layerd/token\"\nlog_level = \"debug\"\n",
+             listen = \"tcp://127.0.0.1:2375\"\ntoken_file = \"/etc/layerd/token\"\nlog_level = \"debug\"\n\
+             idle_timeout = 5\n",
         )
         .unwrap();
         let none = dir.path().join("absent.toml");
@@ -164,6 +165,7 @@ mod tests {
         assert_eq!(c.socket, dir.path().join("run/l.sock"), "relative to the file's directory");
         assert_eq!(c.listen.as_deref(), Some("tcp://127.0.0.1:2375"));
         assert_eq!(c.token_file, Some(PathBuf::from("/etc/layerd/token")));
+        assert_eq!(c.idle_timeout, 5);
         if std::env::var_os("LAYERD_LOG").is_none() {
             assert_eq!(c.log_level, "debug");
         }
@@ -173,6 +175,8 @@ mod tests {
         assert_eq!(c.driver, DriverSpec::Vfs, "a flag equal to the default still wins");
         assert_eq!(c.socket, PathBuf::from("/s.sock"));
         assert_eq!(c.listen.as_deref(), Some("tcp://127.0.0.1:2375"));
+        assert_eq!(load(&["--config", f, "--idle-timeout", "9"], &none).unwrap().idle_timeout, 9);
+        assert!(load(&["--idle-timeout", "0"], &none).is_err(), "0 would give up every upload at once");
     }
 
     #[test]
