@@ -715,3 +715,79 @@ fn kill_9_at_random_points_loses_nothing_acknowledged() {
     drop(d);
     drop(fs);
 }
+
+/// A unix-socket proxy in front of the daemon that forwards every request
+/// but loses the answer on the first `lose` connections: once the daemon
+/// has answered (so it did the work), the client's connection is closed
+/// without it. Returns the number of connections seen.
+fn lossy_proxy(daemon: PathBuf, listen: &Path, lose: usize) -> Arc<std::sync::atomic::AtomicUsize> {
+    use std::os::unix::net::UnixListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = UnixListener::bind(listen).unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            let daemon = daemon.clone();
+            std::thread::spawn(move || {
+                let Ok(mut upstream) = UnixStream::connect(&daemon) else { return };
+                let (mut from_client, mut to_upstream) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from_client, &mut to_upstream);
+                    let _ = to_upstream.shutdown(std::net::Shutdown::Write);
+                });
+                let mut client = client;
+                if n < lose {
+                    // Wait for the daemon's answer, then lose it.
+                    let mut buf = [0u8; 1];
+                    let _ = upstream.read(&mut buf);
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                } else {
+                    let _ = std::io::copy(&mut upstream, &mut client);
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                }
+            });
+        }
+    });
+    seen
+}
+
+/// `layerctl` sends an `Idempotency-Key` with every POST and DELETE and
+/// sends the request again when its answer is lost: the daemon ran it once
+/// and answers the repeat with the first outcome, so a lost answer neither
+/// drops a second reference nor fails a creation that happened.
+#[test]
+fn layerctl_retries_a_request_whose_answer_was_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("root"), &dir.path().join("layerd.sock"), &[]);
+    let tar = make_tar(&[("f", b"twice")]);
+    let v = d.json("POST", "/v1/layers", &[], &tar, 201);
+    d.json("POST", "/v1/layers", &[], &tar, 201);
+    let chain = v["chain_id"].as_str().unwrap().to_owned();
+    assert_eq!(refs(&d, &chain), 2);
+
+    let ctl = |proxy: &Path, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_layerctl"))
+            .arg("--host")
+            .arg(format!("unix://{}", proxy.display()))
+            .args(args)
+            .env_remove("LAYERD_HOST")
+            .output()
+            .unwrap()
+    };
+    let proxy = dir.path().join("lossy-rm.sock");
+    let seen = lossy_proxy(d.socket.clone(), &proxy, 1);
+    let out = ctl(&proxy, &["layer", "rm", &chain]);
+    assert!(out.status.success(), "layer rm: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2, "one lost answer, one retry");
+    assert_eq!(refs(&d, &chain), 1, "the retry must not drop the other reference");
+
+    let proxy = dir.path().join("lossy-create.sock");
+    let seen = lossy_proxy(d.socket.clone(), &proxy, 1);
+    let out = ctl(&proxy, &["rw", "create", "once", "--parent", &chain]);
+    assert!(out.status.success(), "rw create: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(d.json("GET", "/v1/rw", &[], b"", 200).as_array().unwrap().len(), 1);
+}
