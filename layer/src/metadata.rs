@@ -485,6 +485,17 @@ mod tests {
     }
 
     #[test]
+    fn only_errors_a_retry_may_not_repeat_are_transient() {
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOMEM, libc::EAGAIN, libc::EINTR, libc::ENOBUFS] {
+            assert!(is_transient(&std::io::Error::from_raw_os_error(errno)), "{errno}");
+        }
+        // Damage (or a refusal) that a restart would meet again: keep and report.
+        for errno in [libc::EIO, libc::EACCES, libc::EISDIR, libc::EUCLEAN] {
+            assert!(!is_transient(&std::io::Error::from_raw_os_error(errno)), "{errno}");
+        }
+    }
+
+    #[test]
     fn commit_refuses_to_overwrite_and_reap_empties_tmp_and_trash() {
         let tmp = tempfile::tempdir().unwrap();
         let db = LayerDb::new(tmp.path());
