@@ -549,8 +549,38 @@ fn crash_client(socket: PathBuf, ledger: Arc<Mutex<Ledger>>, seed: u64, tars: Ar
                 }
                 r
             }
+            // Bulk removal of a few RW layers.
+            75..=79 => {
+                let present: Vec<String> =
+                    l.rws.iter().filter(|(_, s)| **s == RwState::Present).map(|(n, _)| n.clone()).collect();
+                let names: Vec<String> = present.into_iter().take(1 + rng.below(3) as usize).collect();
+                if names.is_empty() {
+                    continue;
+                }
+                for n in &names {
+                    l.rws.insert(n.clone(), RwState::InFlight);
+                }
+                drop(l);
+                let body = serde_json::json!({ "names": names }).to_string();
+                let r = request(&socket, "POST", "/v1/rw/delete", &[JSON], body.as_bytes());
+                let mut l = ledger.lock().unwrap();
+                if let Ok(r) = &r {
+                    let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+                    let results = v["results"].as_array().cloned().unwrap_or_default();
+                    for n in &names {
+                        let ok = results.iter().any(|x| x["name"] == n.as_str() && x["ok"] == true);
+                        if ok {
+                            l.rws.remove(n);
+                            l.acked += 1;
+                        } else {
+                            l.rws.insert(n.clone(), RwState::Present);
+                        }
+                    }
+                }
+                r
+            }
             // Remove or commit an RW layer.
-            75..=94 => {
+            80..=94 => {
                 let present: Vec<String> =
                     l.rws.iter().filter(|(_, s)| **s == RwState::Present).map(|(n, _)| n.clone()).collect();
                 let Some(name) = pick(&mut rng, &present) else { continue };
@@ -661,8 +691,8 @@ fn verify_after_restart(d: &Daemon, l: &mut Ledger, round: usize) {
 }
 
 /// `kill -9` at random points of a mixed workload (imports on parents,
-/// releases, RW creates with init layers, removals, commits, `check
-/// --repair`), on a journaled ext4 loop filesystem. After each restart the
+/// releases, RW creates with init layers, removals, bulk removals, commits,
+/// `check --repair`), on a journaled ext4 loop filesystem. After each restart the
 /// ledger of acknowledged operations is checked. `LAYERD_CRASH_KILLS` sets
 /// the number of kills (default 20), `LAYERD_CRASH_SEED` the seed.
 #[test]
