@@ -211,6 +211,7 @@ pub async fn middleware(State(idem): State<Arc<Idempotency>>, req: Request, next
         }
     }
     // Run (and record) to completion even if this request is dropped.
+    let (idem2, key2, fingerprint2) = (idem.clone(), key.clone(), fingerprint.clone());
     let task = tokio::spawn(async move {
         let resp = next.run(req).await;
         let (parts, body) = resp.into_parts();
@@ -231,7 +232,11 @@ pub async fn middleware(State(idem): State<Arc<Idempotency>>, req: Request, next
     });
     match task.await {
         Ok(resp) => resp,
-        Err(e) => ApiError::internal(format!("request task failed: {e}")).into_response(),
+        Err(e) => {
+            // It never recorded an outcome: let a retry run.
+            idem2.finish(&key2, &fingerprint2, None);
+            ApiError::internal(format!("request task failed: {e}")).into_response()
+        }
     }
 }
 
