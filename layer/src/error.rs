@@ -35,6 +35,8 @@ pub enum LayerStoreError {
     InvalidInput(String),
     #[error("stored data of layer {chain_id} is damaged: {why}")]
     Corrupt { chain_id: String, why: String },
+    #[error("stored data of rw layer {name} is damaged: {why}")]
+    RwCorrupt { name: String, why: String },
     #[error("tar-split: {0}")]
     TarSplit(#[from] TarSplitError),
     #[error("driver: {0}")]
@@ -65,7 +67,7 @@ impl LayerStoreError {
             LayerNotFound(_) | RwNotFound(_) => ErrorKind::NotFound,
             NameInUse(_) => ErrorKind::AlreadyExists,
             NotRetained { .. } | NotMounted { .. } | Locked { .. } => ErrorKind::Conflict,
-            Corrupt { .. } => ErrorKind::DataLoss,
+            Corrupt { .. } | RwCorrupt { .. } => ErrorKind::DataLoss,
             TarSplit(e) => e.kind(),
             Driver(e) => e.kind(),
             Io(_) | Internal(_) => ErrorKind::Internal,

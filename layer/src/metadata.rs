@@ -43,33 +43,156 @@ pub(crate) struct MountRecord {
     pub parent: Option<ChainId>,
 }
 
-#[derive(Debug, Clone)]
+/// A metadata operation a fault can be injected into (see [`FaultHook`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MetaOp {
+    /// Creating or writing a file.
+    Write,
+    /// An fsync of a file or a dir.
+    Fsync,
+    /// A rename (a commit, a `refs` replacement, a move to the trash).
+    Rename,
+    /// A listing of `sha256/` or `mounts/`, asked once it has been read
+    /// (tests use it to stop `check` or start-up right after its listing).
+    List,
+}
+
+/// The seam the fault-injection tests use: called before every metadata
+/// write, fsync and rename, with the operation and its path; an error it
+/// returns is what the operation fails with (the operation is not done).
+/// Production stores have none.
+pub(crate) type FaultHook = std::sync::Arc<dyn Fn(MetaOp, &Path) -> Option<std::io::Error> + Send + Sync>;
+
+#[derive(Clone)]
 pub(crate) struct LayerDb {
     root: PathBuf,
+    faults: Option<FaultHook>,
 }
 
-fn write_synced(path: &Path, contents: &[u8]) -> Result<()> {
-    let mut f = File::create(path).ctx("create", path)?;
-    f.write_all(contents).ctx("write", path)?;
-    f.sync_all().ctx("fsync", path)?;
-    Ok(())
-}
-
-fn sync_dir(path: &Path) -> Result<()> {
-    File::open(path).and_then(|d| d.sync_all()).ctx("fsync dir", path)?;
-    Ok(())
-}
-
-fn read_trimmed(dir: &Path, file: &str) -> std::result::Result<Option<String>, String> {
-    match fs::read_to_string(dir.join(file)) {
-        Ok(s) => Ok(Some(s.trim().to_string())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("read {file}: {e}")),
+impl std::fmt::Debug for LayerDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerDb").field("root", &self.root).field("faults", &self.faults.is_some()).finish()
     }
 }
 
-fn required(dir: &Path, file: &str) -> std::result::Result<String, String> {
-    read_trimmed(dir, file)?.ok_or_else(|| format!("missing {file}"))
+/// What is known of one field of a record that could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Known<T> {
+    Is(T),
+    /// The file does not exist.
+    Absent,
+    /// The file exists but could not be read or parsed.
+    Unknown,
+}
+
+impl<T> Known<T> {
+    pub fn is_unknown(&self) -> bool {
+        matches!(self, Known::Unknown)
+    }
+}
+
+/// A record that could not be loaded: why, and what could be read of it.
+#[derive(Debug, Clone)]
+pub(crate) struct Damage {
+    pub why: String,
+    /// A read failed with an error a retry may not repeat (out of file
+    /// descriptors or memory): start-up refuses to start rather than guess.
+    pub transient: bool,
+    /// The driver ids the record names (a layer: cache-id; an RW layer:
+    /// mount-id, init-id).
+    pub ids: Vec<Known<CacheId>>,
+    /// `Absent` for a layer without a parent.
+    pub parent: Known<ChainId>,
+    /// The persisted client references, if readable.
+    pub refs: Option<u64>,
+}
+
+fn is_transient(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN | libc::EINTR | libc::ENOBUFS)
+    )
+}
+
+/// Reads a record's files one by one, noting every problem.
+struct FieldReader<'a> {
+    dir: &'a Path,
+    whys: Vec<String>,
+    transient: bool,
+}
+
+impl<'a> FieldReader<'a> {
+    fn new(dir: &'a Path) -> Self {
+        FieldReader { dir, whys: Vec::new(), transient: false }
+    }
+
+    fn parsed<T, E: std::fmt::Display>(
+        &mut self,
+        file: &str,
+        parse: impl FnOnce(&str) -> std::result::Result<T, E>,
+    ) -> Known<T> {
+        match fs::read_to_string(self.dir.join(file)) {
+            Ok(s) => match parse(s.trim()) {
+                Ok(v) => Known::Is(v),
+                Err(e) => {
+                    self.whys.push(format!("{file}: {e}"));
+                    Known::Unknown
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Known::Absent,
+            Err(e) => {
+                self.transient |= is_transient(&e);
+                self.whys.push(format!("read {file}: {e}"));
+                Known::Unknown
+            }
+        }
+    }
+
+    fn required<T, E: std::fmt::Display>(
+        &mut self,
+        file: &str,
+        parse: impl FnOnce(&str) -> std::result::Result<T, E>,
+    ) -> Known<T> {
+        let v = self.parsed(file, parse);
+        if matches!(v, Known::Absent) {
+            self.whys.push(format!("missing {file}"));
+        }
+        v
+    }
+
+    fn regular_file(&mut self, file: &str) {
+        match fs::symlink_metadata(self.dir.join(file)) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => self.whys.push(format!("{file} is not a regular file")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.whys.push(format!("missing {file}")),
+            Err(e) => {
+                self.transient |= is_transient(&e);
+                self.whys.push(format!("stat {file}: {e}"));
+            }
+        }
+    }
+
+    fn damage(self, ids: Vec<Known<CacheId>>, parent: Known<ChainId>, refs: Known<u64>) -> Damage {
+        Damage {
+            why: self.whys.join("; "),
+            transient: self.transient,
+            ids,
+            parent,
+            refs: match refs {
+                Known::Is(r) => Some(r),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl<T> Known<T> {
+    fn ok(self) -> Option<T> {
+        match self {
+            Known::Is(v) => Some(v),
+            _ => None,
+        }
+    }
 }
 
 fn random_suffix() -> String {
@@ -78,7 +201,57 @@ fn random_suffix() -> String {
 
 impl LayerDb {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LayerDb { root: root.into() }
+        LayerDb { root: root.into(), faults: None }
+    }
+
+    /// The same layerdb with a fault hook (tests).
+    pub fn with_faults(mut self, faults: Option<FaultHook>) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// Ask the fault hook whether `op` on `path` fails.
+    fn fault(&self, op: MetaOp, path: &Path) -> std::io::Result<()> {
+        match self.faults.as_ref().and_then(|f| f(op, path)) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn create_file(&self, path: &Path) -> Result<File> {
+        self.fault(MetaOp::Write, path).and_then(|()| File::create(path)).ctx("create", path).map_err(Into::into)
+    }
+
+    pub(crate) fn sync_file(&self, f: &File, path: &Path) -> Result<()> {
+        self.fault(MetaOp::Fsync, path).and_then(|()| f.sync_all()).ctx("fsync", path)?;
+        Ok(())
+    }
+
+    fn write_synced(&self, path: &Path, contents: &[u8]) -> Result<()> {
+        let mut f = self.create_file(path)?;
+        self.fault(MetaOp::Write, path).and_then(|()| f.write_all(contents)).ctx("write", path)?;
+        self.sync_file(&f, path)
+    }
+
+    fn sync_dir(&self, path: &Path) -> Result<()> {
+        self.fault(MetaOp::Fsync, path).and_then(|()| File::open(path)?.sync_all()).ctx("fsync dir", path)?;
+        Ok(())
+    }
+
+    fn rename(&self, from: &Path, to: &Path, what: &'static str) -> Result<()> {
+        self.fault(MetaOp::Rename, from).and_then(|()| fs::rename(from, to)).ctx(what, to)?;
+        Ok(())
+    }
+
+    /// fsync `dir` after a rename into it. The rename is the commit point:
+    /// once it happened, the new state is what every reader sees, so memory
+    /// must follow it whatever the fsync says. A failed fsync here is
+    /// logged, not returned: reporting "not committed" for a commit that
+    /// happened is how memory and disk come to disagree.
+    fn sync_after_commit(&self, dir: &Path) {
+        if let Err(e) = self.sync_dir(dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "fsync after a committed rename failed; the change is visible but its durability across a power loss is not confirmed");
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -112,39 +285,39 @@ impl LayerDb {
     /// A fresh transaction dir under `tmp/`.
     pub fn begin_tx(&self) -> Result<PathBuf> {
         let p = self.dir("tmp").join(format!("tx-{}", random_suffix()));
-        fs::create_dir(&p).ctx("create transaction dir", &p)?;
+        self.fault(MetaOp::Write, &p).and_then(|()| fs::create_dir(&p)).ctx("create transaction dir", &p)?;
         Ok(p)
     }
 
-    pub fn write_layer_record(tx: &Path, rec: &LayerRecord) -> Result<()> {
-        write_synced(&tx.join("diff"), rec.diff_id.to_string().as_bytes())?;
-        write_synced(&tx.join("size"), rec.size.to_string().as_bytes())?;
-        write_synced(&tx.join("cache-id"), rec.cache_id.as_str().as_bytes())?;
+    pub fn write_layer_record(&self, tx: &Path, rec: &LayerRecord) -> Result<()> {
+        self.write_synced(&tx.join("diff"), rec.diff_id.to_string().as_bytes())?;
+        self.write_synced(&tx.join("size"), rec.size.to_string().as_bytes())?;
+        self.write_synced(&tx.join("cache-id"), rec.cache_id.as_str().as_bytes())?;
         if let Some(p) = &rec.parent {
-            write_synced(&tx.join("parent"), p.to_string().as_bytes())?;
+            self.write_synced(&tx.join("parent"), p.to_string().as_bytes())?;
         }
         if let Some(r) = rec.refs {
-            write_synced(&tx.join("refs"), r.to_string().as_bytes())?;
+            self.write_synced(&tx.join("refs"), r.to_string().as_bytes())?;
         }
         Ok(())
     }
 
-    pub fn write_mount_record(tx: &Path, rec: &MountRecord) -> Result<()> {
-        write_synced(&tx.join("mount-id"), rec.mount_id.as_str().as_bytes())?;
+    pub fn write_mount_record(&self, tx: &Path, rec: &MountRecord) -> Result<()> {
+        self.write_synced(&tx.join("mount-id"), rec.mount_id.as_str().as_bytes())?;
         if let Some(i) = &rec.init_id {
-            write_synced(&tx.join("init-id"), i.as_str().as_bytes())?;
+            self.write_synced(&tx.join("init-id"), i.as_str().as_bytes())?;
         }
         if let Some(p) = &rec.parent {
-            write_synced(&tx.join("parent"), p.to_string().as_bytes())?;
+            self.write_synced(&tx.join("parent"), p.to_string().as_bytes())?;
         }
         Ok(())
     }
 
     /// The SHA-256 checkpoints of the layer's tar (see `checkpoint`).
-    pub fn write_checkpoints(tx: &Path, rec: &crate::checkpoint::Record) -> Result<()> {
+    pub fn write_checkpoints(&self, tx: &Path, rec: &crate::checkpoint::Record) -> Result<()> {
         let json =
             serde_json::to_vec(rec).map_err(|e| LayerStoreError::Internal(format!("encode checkpoints: {e}")))?;
-        write_synced(&tx.join(crate::checkpoint::FILE), &json)
+        self.write_synced(&tx.join(crate::checkpoint::FILE), &json)
     }
 
     /// The layer's checkpoints, if it has a usable record.
@@ -154,39 +327,48 @@ impl LayerDb {
         crate::checkpoint::Checkpoints::from_record(&rec)
     }
 
-    /// Publish a transaction dir at `target` (which must not exist).
-    fn commit(tx: &Path, target: &Path) -> Result<()> {
-        sync_dir(tx)?;
-        fs::rename(tx, target).ctx("publish transaction to", target)?;
+    /// Publish a transaction dir at `target` (which must not exist). An
+    /// error means nothing was published; `Ok` means the commit happened
+    /// (see [`Self::sync_after_commit`]).
+    fn commit(&self, tx: &Path, target: &Path) -> Result<()> {
+        self.sync_dir(tx)?;
+        self.rename(tx, target, "publish transaction to")?;
         if let Some(parent) = target.parent() {
-            sync_dir(parent)?;
+            self.sync_after_commit(parent);
         }
         Ok(())
     }
 
     pub fn commit_layer(&self, tx: &Path, chain: &ChainId) -> Result<()> {
-        Self::commit(tx, &self.layer_dir(chain))
+        self.commit(tx, &self.layer_dir(chain))
     }
 
     pub fn commit_mount(&self, tx: &Path, name: &RwName) -> Result<()> {
-        Self::commit(tx, &self.mount_dir(name))
+        self.commit(tx, &self.mount_dir(name))
     }
 
-    /// Atomically replace a layer's `refs` count.
+    /// Atomically replace a layer's `refs` count. An error means the old
+    /// count is still the one on disk (the temporary file is removed);
+    /// `Ok` means the new one is.
     pub fn write_refs(&self, chain: &ChainId, refs: u64) -> Result<()> {
         let dir = self.layer_dir(chain);
         let tmp = dir.join(format!(".refs-{}", random_suffix()));
-        write_synced(&tmp, refs.to_string().as_bytes())?;
         let target = dir.join("refs");
-        fs::rename(&tmp, &target).ctx("replace", &target)?;
-        sync_dir(&dir)
+        let res =
+            self.write_synced(&tmp, refs.to_string().as_bytes()).and_then(|()| self.rename(&tmp, &target, "replace"));
+        if res.is_err() {
+            let _ = remove_any(&tmp);
+        }
+        res?;
+        self.sync_after_commit(&dir);
+        Ok(())
     }
 
     /// Move `path` into `trash/` (same filesystem: a rename). Returns where it went.
     pub fn trash(&self, path: &Path) -> Result<PathBuf> {
         let base = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let target = self.dir("trash").join(format!("{base}-{}", random_suffix()));
-        fs::rename(path, &target).ctx("move to trash", path)?;
+        self.fault(MetaOp::Rename, path).and_then(|()| fs::rename(path, &target)).ctx("move to trash", path)?;
         Ok(target)
     }
 
@@ -207,54 +389,59 @@ impl LayerDb {
 
     /// Names of `sha256/` entries (valid or not).
     pub fn layer_names(&self) -> Result<Vec<String>> {
-        list_names(&self.dir("sha256"))
+        self.list_names(&self.dir("sha256"))
     }
 
     pub fn mount_names(&self) -> Result<Vec<String>> {
-        list_names(&self.dir("mounts"))
+        self.list_names(&self.dir("mounts"))
     }
 
-    pub fn read_layer(&self, chain: &ChainId) -> std::result::Result<LayerRecord, String> {
-        let dir = self.layer_dir(chain);
-        let diff_id = DiffId::parse(&required(&dir, "diff")?).map_err(|e| format!("diff: {e}"))?;
-        let size = required(&dir, "size")?.parse::<u64>().map_err(|e| format!("size: {e}"))?;
-        let cache_id = CacheId::parse(&required(&dir, "cache-id")?).map_err(|e| format!("cache-id: {e}"))?;
-        let parent = match read_trimmed(&dir, "parent")? {
-            Some(p) => Some(ChainId::parse(&p).map_err(|e| format!("parent: {e}"))?),
-            None => None,
-        };
-        let refs = match read_trimmed(&dir, "refs")? {
-            Some(r) => Some(r.parse::<u64>().map_err(|e| format!("refs: {e}"))?),
-            None => None,
-        };
-        if !dir.join(TAR_SPLIT).is_file() {
-            return Err(format!("missing {TAR_SPLIT}"));
+    fn list_names(&self, dir: &Path) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(dir).ctx("read dir", dir)? {
+            let e = e.ctx("read dir", dir)?;
+            out.push(e.file_name().to_string_lossy().into_owned());
         }
-        Ok(LayerRecord { diff_id, size, cache_id, parent, refs })
+        self.fault(MetaOp::List, dir).ctx("read dir", dir)?;
+        Ok(out)
     }
 
-    pub fn read_mount(&self, name: &RwName) -> std::result::Result<MountRecord, String> {
+    pub fn read_layer(&self, chain: &ChainId) -> std::result::Result<LayerRecord, Damage> {
+        let dir = self.layer_dir(chain);
+        let mut r = FieldReader::new(&dir);
+        let diff_id = r.required("diff", DiffId::parse);
+        let size = r.required("size", |s| s.parse::<u64>());
+        let cache_id = r.required("cache-id", CacheId::parse);
+        let parent = r.parsed("parent", ChainId::parse);
+        let refs = r.parsed("refs", |s| s.parse::<u64>());
+        r.regular_file(TAR_SPLIT);
+        if r.whys.is_empty()
+            && let (Known::Is(diff_id), Known::Is(size), Known::Is(cache_id)) = (&diff_id, &size, &cache_id)
+        {
+            return Ok(LayerRecord {
+                diff_id: diff_id.clone(),
+                size: *size,
+                cache_id: cache_id.clone(),
+                parent: parent.ok(),
+                refs: refs.ok(),
+            });
+        }
+        Err(r.damage(vec![cache_id], parent, refs))
+    }
+
+    pub fn read_mount(&self, name: &RwName) -> std::result::Result<MountRecord, Damage> {
         let dir = self.mount_dir(name);
-        let mount_id = CacheId::parse(&required(&dir, "mount-id")?).map_err(|e| format!("mount-id: {e}"))?;
-        let init_id = match read_trimmed(&dir, "init-id")? {
-            Some(i) => Some(CacheId::parse(&i).map_err(|e| format!("init-id: {e}"))?),
-            None => None,
-        };
-        let parent = match read_trimmed(&dir, "parent")? {
-            Some(p) => Some(ChainId::parse(&p).map_err(|e| format!("parent: {e}"))?),
-            None => None,
-        };
-        Ok(MountRecord { mount_id, init_id, parent })
+        let mut r = FieldReader::new(&dir);
+        let mount_id = r.required("mount-id", CacheId::parse);
+        let init_id = r.parsed("init-id", CacheId::parse);
+        let parent = r.parsed("parent", ChainId::parse);
+        if r.whys.is_empty()
+            && let Known::Is(mount_id) = &mount_id
+        {
+            return Ok(MountRecord { mount_id: mount_id.clone(), init_id: init_id.ok(), parent: parent.ok() });
+        }
+        Err(r.damage(vec![mount_id, init_id], parent, Known::Absent))
     }
-}
-
-fn list_names(dir: &Path) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).ctx("read dir", dir)? {
-        let e = e.ctx("read dir", dir)?;
-        out.push(e.file_name().to_string_lossy().into_owned());
-    }
-    Ok(out)
 }
 
 /// Remove a file or a whole tree.
@@ -267,12 +454,6 @@ pub(crate) fn remove_any(p: &Path) -> Result<()> {
     };
     res.ctx("remove", p)?;
     Ok(())
-}
-
-impl From<String> for LayerStoreError {
-    fn from(s: String) -> Self {
-        LayerStoreError::Internal(s)
-    }
 }
 
 #[cfg(test)]
@@ -292,7 +473,7 @@ mod tests {
         let chain = ChainId(Digest::of(b"c"));
         let r = rec(Some(ChainId(Digest::of(b"p"))));
         let tx = db.begin_tx().unwrap();
-        LayerDb::write_layer_record(&tx, &r).unwrap();
+        db.write_layer_record(&tx, &r).unwrap();
         File::create(tx.join(TAR_SPLIT)).unwrap();
         db.commit_layer(&tx, &chain).unwrap();
         assert!(!tx.exists());
@@ -301,6 +482,17 @@ mod tests {
         assert_eq!(db.read_layer(&chain).unwrap().refs, Some(7));
         // Docker writes the same files with "sha256:" digests and plain numbers.
         assert_eq!(fs::read_to_string(db.layer_dir(&chain).join("diff")).unwrap(), r.diff_id.to_string());
+    }
+
+    #[test]
+    fn only_errors_a_retry_may_not_repeat_are_transient() {
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOMEM, libc::EAGAIN, libc::EINTR, libc::ENOBUFS] {
+            assert!(is_transient(&std::io::Error::from_raw_os_error(errno)), "{errno}");
+        }
+        // Damage (or a refusal) that a restart would meet again: keep and report.
+        for errno in [libc::EIO, libc::EACCES, libc::EISDIR, libc::EUCLEAN] {
+            assert!(!is_transient(&std::io::Error::from_raw_os_error(errno)), "{errno}");
+        }
     }
 
     #[test]
@@ -327,18 +519,31 @@ mod tests {
         let chain = ChainId(Digest::of(b"c"));
         let dir = db.layer_dir(&chain);
         fs::create_dir(&dir).unwrap();
-        assert!(db.read_layer(&chain).unwrap_err().contains("missing diff"));
+        let d = db.read_layer(&chain).unwrap_err();
+        assert!(d.why.contains("missing diff"), "{d:?}");
+        assert_eq!(d.ids, vec![Known::Absent], "no cache-id file");
         fs::write(dir.join("diff"), "sha256:nothex").unwrap();
-        assert!(db.read_layer(&chain).unwrap_err().contains("diff"));
+        assert!(db.read_layer(&chain).unwrap_err().why.contains("diff"));
         fs::write(dir.join("diff"), DiffId(Digest::of(b"x")).to_string()).unwrap();
         fs::write(dir.join("size"), "-1").unwrap();
-        assert!(db.read_layer(&chain).unwrap_err().contains("size"));
+        assert!(db.read_layer(&chain).unwrap_err().why.contains("size"));
         fs::write(dir.join("size"), "1").unwrap();
         fs::write(dir.join("cache-id"), "../../etc").unwrap();
-        assert!(db.read_layer(&chain).unwrap_err().contains("cache-id"));
-        fs::write(dir.join("cache-id"), CacheId::random().as_str()).unwrap();
-        assert!(db.read_layer(&chain).unwrap_err().contains(TAR_SPLIT));
+        let d = db.read_layer(&chain).unwrap_err();
+        assert!(d.why.contains("cache-id"));
+        assert_eq!(d.ids, vec![Known::Unknown]);
+        let id = CacheId::random();
+        fs::write(dir.join("cache-id"), id.as_str()).unwrap();
+        let d = db.read_layer(&chain).unwrap_err();
+        assert!(d.why.contains(TAR_SPLIT));
+        assert_eq!(d.ids, vec![Known::Is(id)]);
+        assert!(!d.transient);
         File::create(dir.join(TAR_SPLIT)).unwrap();
         assert!(db.read_layer(&chain).is_ok());
+        // A read error that is not ENOENT (here EISDIR) is damage, not absence.
+        fs::remove_file(dir.join("size")).unwrap();
+        fs::create_dir(dir.join("size")).unwrap();
+        let d = db.read_layer(&chain).unwrap_err();
+        assert!(d.why.contains("read size"), "{d:?}");
     }
 }

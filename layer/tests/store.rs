@@ -365,6 +365,48 @@ async fn rw_layers_with_init_changes_diff_and_commit() {
     assert!(env.entries("mounts").is_empty());
 }
 
+/// A diff being read holds the RW layer's name key: a racing `release_rw`
+/// waits for it instead of removing the dirs under the stream and leaving
+/// a silently short tar (issue 11, point 7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_rw_waits_for_a_diff_being_read() {
+    let env = Env::new();
+    let store = env.open().await;
+    let name = RwName::parse("d").unwrap();
+    store.create_rw(&name, None, RwOpts::default()).await.unwrap();
+    let p = store.mount(&name).await.unwrap();
+    let files: Vec<String> = (0..50).map(|i| format!("f{i}")).collect();
+    for f in &files {
+        std::fs::write(p.join(f), vec![7u8; 64 * 1024]).unwrap();
+    }
+    store.unmount(&name).await.unwrap();
+    let mut tar = store.diff(&name).await.unwrap();
+    let mut release = tokio::spawn({
+        let (s, n) = (store.clone(), name.clone());
+        async move { s.release_rw(&n).await }
+    });
+    // Not a timing claim: the release can't finish while the stream holds the key.
+    assert!(tokio::time::timeout(std::time::Duration::from_millis(300), &mut release).await.is_err());
+    let bytes = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        tar.read_to_end(&mut out).unwrap();
+        out
+    })
+    .await
+    .unwrap();
+    let mut names: Vec<String> = tar::Archive::new(&bytes[..])
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut want = files.clone();
+    want.sort();
+    assert_eq!(names, want, "the diff must be whole");
+    release.await.unwrap().unwrap();
+    assert_eq!(store.changes(&name).await.unwrap_err().kind(), ErrorKind::NotFound);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rw_names_are_reserved_and_failures_release_them() {
     let env = Env::new();
@@ -430,6 +472,90 @@ async fn a_layer_left_unreferenced_by_a_crash_is_collected() {
     let store = env.open().await;
     assert!(store.list().is_empty());
     assert_eq!(driver_ids(&store).await, 0);
+}
+
+/// Start-up never deletes on an error that is not proof of a crash
+/// leftover (issue 11, point 3): a layer whose metadata can't be read, its
+/// descendants and the RW layers on them — with the containers' data — are
+/// kept untouched, reported by `check` (even with `--repair`), and named in
+/// errors; fixed by hand, everything loads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_keeps_damaged_layers_and_rw_data() {
+    let env = Env::new();
+    let (a, b, c) = {
+        let store = env.open().await;
+        let a = register(&store, &tar_of(&[("a", b"a")]), None).await.chain_id;
+        let b = register(&store, &tar_of(&[("b", b"b")]), Some(&a)).await.chain_id;
+        let c = register(&store, &tar_of(&[("c", b"c")]), Some(&b)).await.chain_id;
+        // Only the RW layers hold B and C.
+        let r = RwName::parse("on-c").unwrap();
+        store.create_rw(&r, Some(&c), RwOpts { init: true, ..RwOpts::default() }).await.unwrap();
+        let p = store.mount(&r).await.unwrap();
+        std::fs::write(p.join("container-data"), b"precious").unwrap();
+        store.unmount(&r).await.unwrap();
+        store.release(&c).await.unwrap();
+        store.release(&b).await.unwrap();
+        store.create_rw(&RwName::parse("on-a").unwrap(), Some(&a), RwOpts::default()).await.unwrap();
+        store.shutdown().await.unwrap();
+        (a, b, c)
+    };
+    let ids_before = env.driver().ids().await.unwrap().len();
+    let size = env.layerdb().join("sha256").join(b.hex()).join("size");
+    let saved = std::fs::read(&size).unwrap();
+    // A read error that is not ENOENT (EISDIR here; EIO on a failing disk).
+    std::fs::remove_file(&size).unwrap();
+    std::fs::create_dir(&size).unwrap();
+
+    let store = env.open().await;
+    let listed: Vec<ChainId> = store.list().into_iter().map(|l| l.chain_id).collect();
+    assert_eq!(listed, vec![a.clone()]);
+    assert_eq!(store.get(&a).unwrap().children, 1, "the damaged child still holds its parent");
+    assert_eq!(driver_ids(&store).await, ids_before, "no driver dir may be deleted");
+    for chain in [&b, &c] {
+        assert!(env.layerdb().join("sha256").join(chain.hex()).is_dir(), "{chain}'s metadata must be kept");
+    }
+    let err = store.get(&b).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DataLoss);
+    assert!(err.to_string().contains("read size"), "{err}");
+    let err = match store.tar_stream(&c).await {
+        Err(e) => e,
+        Ok(_) => panic!("export of a layer on a damaged parent succeeded"),
+    };
+    assert!(err.to_string().contains(&format!("parent {b} is damaged")), "export says why: {err}");
+    let on_c = RwName::parse("on-c").unwrap();
+    let err = store.get_rw(&on_c).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DataLoss, "{err}");
+    assert_eq!(
+        store.create_rw(&on_c, Some(&a), RwOpts::default()).await.unwrap_err().kind(),
+        ErrorKind::AlreadyExists,
+        "a kept rw layer's name stays taken"
+    );
+    assert!(store.get_rw(&RwName::parse("on-a").unwrap()).is_ok());
+    let report = store.check(layer::CheckOpts { repair: true, verify_content: true }).await.unwrap();
+    let mut kinds: Vec<(String, String)> =
+        report.problems.iter().map(|p| (p.kind.clone(), p.subject.clone())).collect();
+    kinds.sort();
+    let mut want = vec![
+        ("damaged_layer".to_string(), b.to_string()),
+        ("damaged_layer".to_string(), c.to_string()),
+        ("damaged_rw_layer".to_string(), "on-c".to_string()),
+    ];
+    want.sort();
+    assert_eq!(kinds, want, "{:?}", report.problems);
+    assert!(report.problems.iter().all(|p| !p.repaired));
+    store.shutdown().await.unwrap();
+    drop(store);
+
+    // Fixed by hand: everything is back, the container's data included.
+    std::fs::remove_dir(&size).unwrap();
+    std::fs::write(&size, saved).unwrap();
+    let store = env.open().await;
+    assert_eq!(store.list().len(), 3);
+    let p = store.mount(&on_c).await.unwrap();
+    assert_eq!(std::fs::read(p.join("container-data")).unwrap(), b"precious");
+    store.unmount(&on_c).await.unwrap();
+    let report = store.check(layer::CheckOpts { repair: false, verify_content: true }).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

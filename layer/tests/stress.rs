@@ -1,5 +1,7 @@
 //! Stress: many tasks doing random register / retain / release / create_rw /
-//! mount / unmount / release_rw / export / check against one store, with a
+//! mount / unmount / release_rw / export / check against one store (RW
+//! names reused, so a name is released and created anew often), while
+//! another task runs `check --repair` in a loop, with a
 //! deadlock watchdog on every operation and the invariants checked at the end:
 //! reference counts consistent with the chains and with what the tasks hold,
 //! every layer exporting to its DiffID, and after releasing everything, no
@@ -111,7 +113,11 @@ async fn worker(store: Store, held: Arc<Mutex<Held>>, seed: u64) {
                 mine.push(c);
             }
             53..=64 => {
-                let name = RwName::parse(&format!("t{seed}-{op}")).unwrap();
+                // A small pool of names per task: released names come back.
+                let name = RwName::parse(&format!("t{seed}-{}", op % 4)).unwrap();
+                if my_rws.contains(&name) {
+                    continue;
+                }
                 let parent = if !mine.is_empty() && rng.gen_bool(0.7) {
                     Some(mine[rng.gen_range(0..mine.len())].clone())
                 } else {
@@ -189,9 +195,29 @@ async fn stress(root: std::path::PathBuf, driver_name: &str) {
     for seed in 0..TASKS {
         tasks.spawn(worker(store.clone(), held.clone(), seed));
     }
+    // `check --repair` beside the random work: it must neither report nor
+    // "repair" anything (the end state below would show a wrong repair).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checker = tokio::spawn({
+        let (store, stop) = (store.clone(), stop.clone());
+        async move {
+            let mut runs = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let opts = layer::CheckOpts { repair: true, verify_content: false };
+                let r = watch("check --repair", store.check(opts)).await.unwrap();
+                assert!(r.problems.is_empty(), "check --repair during stress: {:?}", r.problems);
+                runs += 1;
+            }
+            runs
+        }
+    });
     while let Some(r) = tasks.join_next().await {
         r.unwrap();
     }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let runs = checker.await.unwrap();
+    assert!(runs > 0, "check --repair never ran beside the work");
+    eprintln!("{driver_name}: check --repair ran {runs} times beside the random work");
     store.settle().await;
 
     // Counts agree with the chains and with what the tasks hold.

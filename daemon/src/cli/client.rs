@@ -47,6 +47,9 @@ pub enum CliError {
     /// Anything else: local files, a broken connection, a bad reply (exit 1).
     #[error("{0}")]
     Other(String),
+    /// The request was sent and its answer lost (exit 1).
+    #[error("{0}")]
+    Lost(String),
     /// Stdout is a pipe whose reader went away: stop quietly (exit 0).
     #[error("stdout closed")]
     StdoutClosed,
@@ -57,7 +60,7 @@ impl CliError {
         match self {
             CliError::Usage(_) => 2,
             CliError::Unreachable { .. } => 3,
-            CliError::Server { .. } | CliError::Other(_) => 1,
+            CliError::Server { .. } | CliError::Other(_) | CliError::Lost(_) => 1,
             CliError::StdoutClosed => 0,
         }
     }
@@ -128,29 +131,79 @@ impl Client {
         content_type: Option<&str>,
         body: ReqBody,
     ) -> CliResult<Response<Incoming>> {
+        self.send_keyed(method, path, content_type, body, None).await
+    }
+
+    async fn send_keyed(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: ReqBody,
+        key: Option<&str>,
+    ) -> CliResult<Response<Incoming>> {
         let mut sender = self.connect().await?;
         // `TE: trailers`: a streamed body that fails says why in a trailer.
         let mut req = Request::builder().method(method).uri(path).header(HOST, "layerd").header(TE, "trailers");
         if let Some(ct) = content_type {
             req = req.header(CONTENT_TYPE, ct);
         }
+        if let Some(k) = key {
+            req = req.header(IDEMPOTENCY_KEY, k);
+        }
         if let Endpoint::Tcp { token, .. } = &self.endpoint {
             req = req.header(AUTHORIZATION, format!("Bearer {token}"));
         }
         let req = req.body(body).map_err(|e| CliError::other("build request", e))?;
-        let resp = sender.send_request(req).await.map_err(|e| CliError::other("request to layerd", e))?;
+        let resp = sender.send_request(req).await.map_err(|e| CliError::Lost(format!("request to layerd: {e}")))?;
         if resp.status().is_success() { Ok(resp) } else { Err(server_error(resp).await) }
+    }
+
+    /// Send a request whose body is in memory. A `POST` or `DELETE` carries
+    /// an `Idempotency-Key`; if its answer is lost (the connection broke
+    /// after the request went out), it is sent again with the same key, and
+    /// the daemon, which ran it once, answers with the first outcome. A
+    /// repeat that finds the first still running (409) asks again a little
+    /// later.
+    async fn send_retrying(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> CliResult<Response<Incoming>> {
+        let key = matches!(method, Method::POST | Method::DELETE).then(idempotency_key);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let body = Full::new(body.clone()).map_err(|never| match never {}).boxed_unsync();
+            let res = self.send_keyed(method.clone(), path, content_type, body, key.as_deref()).await;
+            let again = key.is_some()
+                && attempt < ATTEMPTS
+                && match &res {
+                    Err(CliError::Lost(_)) => true,
+                    Err(CliError::Server { status, message }) => {
+                        *status == StatusCode::CONFLICT && message.contains("is still running")
+                    }
+                    _ => false,
+                };
+            if !again {
+                return res;
+            }
+            tracing::debug!(attempt, path, "answer lost; sending the request again with its idempotency key");
+            tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+        }
     }
 
     /// A request without a body, answering JSON.
     pub async fn call<T: DeserializeOwned>(&self, method: Method, path: &str) -> CliResult<T> {
-        let resp = self.send(method, path, None, empty()).await?;
+        let resp = self.send_retrying(method, path, None, Bytes::new()).await?;
         read_json(resp).await
     }
 
     /// A request without a body whose answer (2xx, possibly empty) is ignored.
     pub async fn call_unit(&self, method: Method, path: &str) -> CliResult<()> {
-        let resp = self.send(method, path, None, empty()).await?;
+        let resp = self.send_retrying(method, path, None, Bytes::new()).await?;
         resp.into_body().collect().await.map_err(|e| CliError::other("read reply", e))?;
         Ok(())
     }
@@ -163,8 +216,7 @@ impl Client {
         body: &B,
     ) -> CliResult<T> {
         let bytes = serde_json::to_vec(body).map_err(|e| CliError::other("encode request", e))?;
-        let body = Full::new(Bytes::from(bytes)).map_err(|never| match never {}).boxed_unsync();
-        let resp = self.send(method, path, Some("application/json"), body).await?;
+        let resp = self.send_retrying(method, path, Some("application/json"), Bytes::from(bytes)).await?;
         read_json(resp).await
     }
 
@@ -241,6 +293,20 @@ where
     Ok(sender)
 }
 
+/// The header that makes a retry safe (see the daemon's `idempotency`).
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Tries of a request whose answer may be lost (see `send_retrying`).
+const ATTEMPTS: u32 = 5;
+
+/// A key no other request uses: this process, this moment, a counter.
+fn idempotency_key() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("layerctl-{}-{nanos:x}-{n}", std::process::id())
+}
+
 pub fn empty() -> ReqBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
@@ -291,6 +357,13 @@ mod tests {
         for bad in ["unix://rel.sock", "/run/x.sock", "tcp://", "http://x"] {
             assert_eq!(Client::from_host(bad, None).unwrap_err().exit_code(), 2, "{bad}");
         }
+    }
+
+    #[test]
+    fn idempotency_keys_are_unique_and_valid_header_values() {
+        let (a, b) = (idempotency_key(), idempotency_key());
+        assert_ne!(a, b);
+        assert!(a.len() <= 255 && a.bytes().all(|c| c.is_ascii_graphic()), "{a}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `layerd --config FILE`: the flags' values from a TOML file.
 //!
 //! Keys mirror the flags (`root`, `driver`, `socket`, `listen`, `token_file`,
-//! `log_level`). A flag given on the command line (or through its
+//! `log_level`, `idle_timeout`). A flag given on the command line (or through its
 //! environment variable) wins over the file; the file wins over the flag's
 //! default. An unknown key is an error naming it, so a typo never silently
 //! falls back to a default. Relative paths in the file are relative to the
@@ -30,6 +30,7 @@ pub struct FileConfig {
     pub listen: Option<String>,
     pub token_file: Option<PathBuf>,
     pub log_level: Option<String>,
+    pub idle_timeout: Option<u64>,
 }
 
 impl FileConfig {
@@ -113,6 +114,9 @@ impl Config {
         if let (Some(v), false) = (file.log_level, given("log_level")) {
             self.log_level = v;
         }
+        if let (Some(v), false) = (file.idle_timeout, given("idle_timeout")) {
+            self.idle_timeout = v;
+        }
     }
 
     /// Checks across values, which may come from the flags and the file.
@@ -149,7 +153,8 @@ mod tests {
         std::fs::write(
             &file,
             "root = \"/data/layers\"\ndriver = \"overlay\"\nsocket = \"run/l.sock\"\n\
-             listen = \"tcp://127.0.0.1:2375\"\ntoken_file = \"/etc/layerd/token\"\nlog_level = \"debug\"\n",
+             listen = \"tcp://127.0.0.1:2375\"\ntoken_file = \"/etc/layerd/token\"\nlog_level = \"debug\"\n\
+             idle_timeout = 5\n",
         )
         .unwrap();
         let none = dir.path().join("absent.toml");
@@ -160,6 +165,7 @@ mod tests {
         assert_eq!(c.socket, dir.path().join("run/l.sock"), "relative to the file's directory");
         assert_eq!(c.listen.as_deref(), Some("tcp://127.0.0.1:2375"));
         assert_eq!(c.token_file, Some(PathBuf::from("/etc/layerd/token")));
+        assert_eq!(c.idle_timeout, 5);
         if std::env::var_os("LAYERD_LOG").is_none() {
             assert_eq!(c.log_level, "debug");
         }
@@ -169,6 +175,8 @@ mod tests {
         assert_eq!(c.driver, DriverSpec::Vfs, "a flag equal to the default still wins");
         assert_eq!(c.socket, PathBuf::from("/s.sock"));
         assert_eq!(c.listen.as_deref(), Some("tcp://127.0.0.1:2375"));
+        assert_eq!(load(&["--config", f, "--idle-timeout", "9"], &none).unwrap().idle_timeout, 9);
+        assert!(load(&["--idle-timeout", "0"], &none).is_err(), "0 would give up every upload at once");
     }
 
     #[test]

@@ -32,11 +32,14 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// A 5xx whose message is meant for the client (it names no host path):
+    /// a layer or RW layer kept damaged says why.
+    expose: bool,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into() }
+        ApiError { status, message: message.into(), expose: false }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -53,13 +56,14 @@ impl ApiError {
 
     /// The message a client sees: the detail for 4xx, a generic one for 5xx.
     pub fn public_message(&self) -> &str {
-        if self.status.is_server_error() { INTERNAL_MESSAGE } else { &self.message }
+        if self.status.is_server_error() && !self.expose { INTERNAL_MESSAGE } else { &self.message }
     }
 }
 
 impl From<LayerStoreError> for ApiError {
     fn from(e: LayerStoreError) -> Self {
-        ApiError::new(status_of(e.kind()), e.to_string())
+        let expose = matches!(e, LayerStoreError::Corrupt { .. } | LayerStoreError::RwCorrupt { .. });
+        ApiError { expose, ..ApiError::new(status_of(e.kind()), e.to_string()) }
     }
 }
 
@@ -124,6 +128,13 @@ mod tests {
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         let body: ErrorBody = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(body.message, INTERNAL_MESSAGE);
+    }
+
+    #[test]
+    fn damaged_layers_say_why() {
+        let e: ApiError = LayerStoreError::Corrupt { chain_id: "sha256:ab".into(), why: "missing size".into() }.into();
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(e.public_message().contains("missing size"), "{}", e.public_message());
     }
 
     #[tokio::test]

@@ -25,7 +25,13 @@ pub async fn register(
 ) -> ApiResult<(StatusCode, Json<LayerInfo>)> {
     let opts = register_opts(&state.store, &query)?;
     tracing::debug!(parent = ?opts.parent, diff_id = ?opts.diff_id, "register");
-    let reader = body_reader(body, state.metrics.imported.clone());
+    let permit = state.uploads.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("too many uploads in progress ({}); retry later", super::stream::MAX_UPLOADS),
+        )
+    })?;
+    let reader = body_reader(body, state.metrics.imported.clone(), state.idle_timeout, permit);
     let store = state.store.clone();
     let info = state.detached(async move { Ok(store.register(reader, opts).await?) }).await?;
     tracing::info!(chain_id = %info.chain_id, "layer registered");
@@ -55,7 +61,7 @@ pub async fn tar(
 ) -> ApiResult<Response> {
     let chain = state.store.resolve(&layer)?;
     let reader = state.store.tar_stream(&chain).await?;
-    Ok(tar_response(reader, state.metrics.exported.clone(), trailers))
+    Ok(tar_response(reader, state.metrics.exported.clone(), state.idle_timeout, trailers))
 }
 
 /// Drop the reference a registration gave. Answers the layers this freed.

@@ -115,8 +115,11 @@ impl Metrics {
     }
 
     fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {
-        let labels =
-            RequestLabels { method: method.to_owned(), route: route.to_owned(), status: format!("{}xx", status / 100) };
+        let labels = RequestLabels {
+            method: method_label(method).to_owned(),
+            route: route.to_owned(),
+            status: format!("{}xx", status / 100),
+        };
         self.requests.get_or_create(&labels).inc();
         self.durations.get_or_create(&labels).observe(seconds);
     }
@@ -135,6 +138,13 @@ impl Metrics {
 
 fn gauge_value(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The method label: one of the methods HTTP defines, else `OTHER`, so a
+/// client sending made-up methods can't grow the number of series.
+fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"];
+    KNOWN.into_iter().find(|m| *m == method).unwrap_or("OTHER")
 }
 
 /// Middleware: count and time every request.
@@ -251,5 +261,12 @@ mod tests {
         metrics.observe("GET", "/v1/layers/{chain}", 200, 0.001);
         assert_eq!(m.get_or_create(&labels("4xx".into())).get(), 2);
         assert_eq!(m.get_or_create(&labels("2xx".into())).get(), 1);
+        // Made-up methods share one series.
+        for i in 0..100 {
+            metrics.observe(&format!("X{i}"), "/v1/layers/{chain}", 405, 0.001);
+        }
+        let other = RequestLabels { method: "OTHER".into(), route: "/v1/layers/{chain}".into(), status: "4xx".into() };
+        assert_eq!(m.get_or_create(&other).get(), 100);
+        assert_eq!(method_label("DELETE"), "DELETE");
     }
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod driver;
 pub mod error;
 pub mod extract;
+pub mod idempotency;
 pub mod layers;
 pub mod metrics;
 pub mod openapi;
@@ -65,7 +66,19 @@ pub struct Config {
     /// Log filter: a level (error, warn, info, debug, trace) or env-filter directives.
     #[arg(long, value_name = "FILTER", env = "LAYERD_LOG", default_value = "info")]
     pub log_level: String,
+    /// Seconds a tar upload may send nothing, or a tar download's client
+    /// take nothing, before the request is given up (a stalled client must
+    /// not hold a registration, a duplicate-suppressed flight or an RW
+    /// layer's key forever).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout: u64,
 }
+
+/// Blocking threads of the daemon's runtime. A stalled upload holds two
+/// (its body's reader and the tar-split recorder) until its idle timeout,
+/// so the pool is sized well above [`stream::MAX_UPLOADS`] × 2; the store's
+/// own metadata work has a pool of its own.
+const MAX_BLOCKING_THREADS: usize = 4096;
 
 /// The `layerd` binary.
 pub fn main() -> ExitCode {
@@ -95,7 +108,11 @@ pub(crate) fn run_to_exit(
         eprintln!("layerd: {e:#}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("layerd: start the runtime: {e}");
@@ -139,7 +156,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "layerd listening"
     );
     let (listener, socket_file) = bound.into_parts();
-    let state = AppState::new(store.clone());
+    let state = AppState::new(store.clone()).with_idle_timeout(std::time::Duration::from_secs(config.idle_timeout));
     let app = router(state.clone());
     let stop = CancellationToken::new();
     let unix = async {

@@ -78,6 +78,26 @@ mod tests {
         assert_eq!(routes().len(), routed.len(), "a route is listed twice");
     }
 
+    /// Every `POST` and `DELETE` the router serves takes `Idempotency-Key`
+    /// (the middleware applies to all of them) and documents its 422.
+    #[test]
+    fn every_mutating_route_documents_the_idempotency_key() {
+        let doc = doc();
+        for r in routes().iter().filter(|r| matches!(r.verb.as_str(), "POST" | "DELETE")) {
+            let op = &doc["paths"][r.path][r.verb.as_str().to_lowercase()];
+            let params: Vec<&Value> =
+                op["parameters"].as_array().into_iter().flatten().map(|p| resolve(&doc, p)).collect();
+            assert!(
+                params.iter().any(|p| p["in"] == "header" && p["name"] == "Idempotency-Key"),
+                "{} {}: Idempotency-Key undocumented",
+                r.verb.as_str(),
+                r.path
+            );
+            assert!(op["responses"].get("422").is_some(), "{} {}: 422 undocumented", r.verb.as_str(), r.path);
+            assert!(op["responses"].get("409").is_some(), "{} {}: 409 undocumented", r.verb.as_str(), r.path);
+        }
+    }
+
     #[test]
     fn every_ref_resolves() {
         fn walk(doc: &Value, v: &Value, refs: &mut usize) {

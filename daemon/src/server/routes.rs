@@ -16,6 +16,7 @@ use layer::Store;
 use tokio_util::task::TaskTracker;
 
 use super::error::{ApiError, ApiResult};
+use super::idempotency::{self, Idempotency};
 use super::metrics::{self, Metrics};
 use super::{layers, openapi, rw, stream, system, trace};
 
@@ -31,11 +32,29 @@ pub struct AppState {
     /// cannot cancel one half-way, and shutdown waits for them.
     pub tasks: TaskTracker,
     pub metrics: Arc<Metrics>,
+    /// Outcomes of requests that carried an `Idempotency-Key`.
+    pub idempotency: Arc<Idempotency>,
+    /// How long a tar body may stall (see `stream`).
+    pub idle_timeout: std::time::Duration,
+    /// Uploads in progress, bounded (see `stream::MAX_UPLOADS`).
+    pub uploads: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
     pub fn new(store: Store) -> Self {
-        AppState { metrics: Arc::new(Metrics::new(store.clone())), store, tasks: TaskTracker::new() }
+        AppState {
+            metrics: Arc::new(Metrics::new(store.clone())),
+            store,
+            tasks: TaskTracker::new(),
+            idempotency: Arc::new(Idempotency::default()),
+            idle_timeout: stream::DEFAULT_IDLE_TIMEOUT,
+            uploads: Arc::new(tokio::sync::Semaphore::new(stream::MAX_UPLOADS)),
+        }
+    }
+
+    pub fn with_idle_timeout(mut self, idle: std::time::Duration) -> Self {
+        self.idle_timeout = idle;
+        self
     }
 
     /// Run `fut` to completion even if the request is dropped.
@@ -133,6 +152,7 @@ pub fn router(state: AppState) -> Router {
         // Consulted by the JSON extractor only; the tar upload takes the raw
         // body, which this limit does not apply to.
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(state.idempotency.clone(), idempotency::middleware))
         .layer(middleware::map_request(stream::drain_unread_bodies))
         .layer(middleware::from_fn(trace::trace_request))
         .layer(middleware::from_fn_with_state(state.metrics.clone(), metrics::track))

@@ -64,7 +64,7 @@ pub async fn tar(
     AcceptsTrailers(trailers): AcceptsTrailers,
 ) -> ApiResult<Response> {
     let reader = state.store.diff(&name).await?;
-    Ok(tar_response(reader, state.metrics.exported.clone(), trailers))
+    Ok(tar_response(reader, state.metrics.exported.clone(), state.idle_timeout, trailers))
 }
 
 pub async fn commit(

@@ -2,15 +2,22 @@
 //!
 //! - Upload: a task forwards the request body through a bounded channel to
 //!   the store's blocking [`TarReader`], which the store reads on tokio's
-//!   blocking pool.
+//!   blocking pool. A body that sends nothing for the idle timeout fails
+//!   the read ("request body idle"), so a stalled client can't hold a
+//!   registration — or the duplicate-suppressed registrations waiting on
+//!   it, which then take over — for longer than that. At most
+//!   [`MAX_UPLOADS`] run at once; past that, 503.
 //! - Every request body is wrapped in [`DrainOnDrop`]: a handler that answers
 //!   without reading the whole body (bad parent, hostile tar, JSON over the
 //!   limit) leaves the rest to be read and discarded, up to [`DRAIN_LIMIT`],
 //!   so the client can finish sending and read the error. Without it the
 //!   connection is closed with unread data and the client sees a reset
 //!   instead of the answer.
-//! - Download: a blocking thread reads the store's [`TarReader`] and sends
-//!   chunks through a bounded channel into the response body. A read error is
+//! - Download: blocking hops read the store's [`TarReader`] a few chunks at
+//!   a time, and an async task sends them through a bounded channel into the
+//!   response body, so a client that stops reading holds no blocking
+//!   thread; one that takes nothing for the idle timeout is dropped (the
+//!   reader, and any key it holds, with it). A read error is
 //!   sent as a body error, which makes hyper abort the response (no final
 //!   chunk), so a client never mistakes a failed export for a short tar. A
 //!   client that accepts trailers (`TE: trailers`) gets the reason instead,
@@ -19,6 +26,7 @@
 use std::io::{self, Read};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -39,18 +47,42 @@ const CHUNK: usize = 64 * 1024;
 /// Chunks buffered between the reading thread and the connection.
 const CHANNEL_DEPTH: usize = 8;
 
+/// How long a tar body may stall, unless `--idle-timeout` says otherwise.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Uploads that may run at once.
+pub const MAX_UPLOADS: usize = 1024;
+
 /// Bytes of a request body still read and discarded after the handler gave
 /// up on it.
 pub const DRAIN_LIMIT: u64 = 256 << 20;
 
 /// The request body as a blocking reader. Must be created inside the runtime
 /// and read outside of it (on the blocking pool), as the store does. Every
-/// byte received is counted in `received`.
-pub fn body_reader(body: Body, received: ByteCounter) -> TarReader {
+/// byte received is counted in `received`; a body that sends nothing for
+/// `idle` fails with `TimedOut`. `permit` (an upload slot) is held until the
+/// body is done.
+pub fn body_reader(
+    body: Body,
+    received: ByteCounter,
+    idle: Duration,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> TarReader {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
     tokio::spawn(async move {
+        let _permit = permit;
         let mut stream = body.into_data_stream();
-        while let Some(item) = stream.next().await {
+        loop {
+            let item = match tokio::time::timeout(idle, stream.next()).await {
+                Ok(Some(item)) => item,
+                Ok(None) => return,
+                Err(_) => {
+                    let msg = format!("request body idle for {}s; giving up", idle.as_secs());
+                    tracing::info!("{msg}");
+                    let _ = tx.send(Err(io::Error::new(io::ErrorKind::TimedOut, msg))).await;
+                    return;
+                }
+            };
             if let Ok(chunk) = &item {
                 received.inc_by(chunk.len() as u64);
             }
@@ -149,10 +181,10 @@ impl Drop for DrainOnDrop {
 /// A `200 application/x-tar` response streaming `reader`; every byte sent
 /// is counted in `sent`. With `trailers` (the client sent `TE: trailers`)
 /// a failure ends the body with an [`ERROR_TRAILER`] saying why; without,
-/// it aborts the body.
-pub fn tar_response(reader: TarReader, sent: ByteCounter, trailers: bool) -> Response {
+/// it aborts the body. A client that takes nothing for `idle` is dropped.
+pub fn tar_response(reader: TarReader, sent: ByteCounter, idle: Duration, trailers: bool) -> Response {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
-    tokio::task::spawn_blocking(move || pump(reader, &tx, &sent));
+    tokio::spawn(pump(reader, tx, sent, idle));
     let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     let frames = stream.map(move |item| match item {
         Ok(data) => Ok(Frame::data(data)),
@@ -178,25 +210,75 @@ fn error_trailer(e: &io::Error) -> header::HeaderMap {
     map
 }
 
-/// Read `reader` to its end into `tx`; stops early when the receiver is gone
-/// (the client hung up). A read error is logged and forwarded.
-fn pump(mut reader: TarReader, tx: &mpsc::Sender<io::Result<Bytes>>, sent: &ByteCounter) {
-    loop {
+/// What one blocking hop read: chunks, then the end or an error.
+struct Hop {
+    reader: TarReader,
+    chunks: Vec<Bytes>,
+    end: Option<io::Result<()>>,
+}
+
+/// Read up to `n` chunks (fewer if the reader ends or fails).
+fn read_hop(mut reader: TarReader, n: usize) -> Hop {
+    let mut chunks = Vec::with_capacity(n);
+    while chunks.len() < n {
         let mut buf = BytesMut::zeroed(CHUNK);
         match reader.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => {
-                buf.truncate(n);
-                if tx.blocking_send(Ok(buf.freeze())).is_err() {
-                    tracing::debug!("client went away during a tar download");
-                    return;
-                }
-                sent.inc_by(n as u64);
+            Ok(0) => return Hop { reader, chunks, end: Some(Ok(())) },
+            Ok(k) => {
+                buf.truncate(k);
+                chunks.push(buf.freeze());
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Hop { reader, chunks, end: Some(Err(e)) },
+        }
+    }
+    Hop { reader, chunks, end: None }
+}
+
+/// Read `reader` to its end into `tx`, a hop of as many chunks as the
+/// channel has room for at a time; stops when the receiver is gone (the
+/// client hung up) or takes nothing for `idle`. A read error is logged and
+/// forwarded.
+async fn pump(mut reader: TarReader, tx: mpsc::Sender<io::Result<Bytes>>, sent: ByteCounter, idle: Duration) {
+    loop {
+        // Wait (without a thread) until the client has taken something.
+        let permit = match tokio::time::timeout(idle, tx.reserve()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => {
+                tracing::debug!("client went away during a tar download");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(idle_secs = idle.as_secs(), "tar download client idle; giving up");
+                return;
+            }
+        };
+        let room = tx.capacity() + 1;
+        drop(permit);
+        let hop = match tokio::task::spawn_blocking(move || read_hop(reader, room)).await {
+            Ok(h) => h,
             Err(e) => {
+                tracing::error!(error = %e, "tar stream task failed");
+                return;
+            }
+        };
+        reader = hop.reader;
+        for chunk in hop.chunks {
+            let n = chunk.len() as u64;
+            // `room` slots were free; a slow client only shrinks them by reading less.
+            match tokio::time::timeout(idle, tx.send(Ok(chunk))).await {
+                Ok(Ok(())) => {
+                    sent.inc_by(n);
+                }
+                _ => return,
+            }
+        }
+        match hop.end {
+            None => {}
+            Some(Ok(())) => return,
+            Some(Err(e)) => {
                 tracing::error!(error = %e, "tar stream failed; ending the response with the reason");
-                let _ = tx.blocking_send(Err(e));
+                let _ = tx.send(Err(e)).await;
                 return;
             }
         }
@@ -226,11 +308,34 @@ mod tests {
         }
     }
 
+    fn permit() -> tokio::sync::OwnedSemaphorePermit {
+        std::sync::Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_idle_body_fails_the_read() {
+        let stalled = futures_util::stream::pending::<io::Result<Bytes>>();
+        let mut reader = body_reader(
+            Body::from_stream(futures_util::stream::iter([Ok(Bytes::from_static(b"abc"))]).chain(stalled)),
+            ByteCounter::default(),
+            Duration::from_millis(50),
+            permit(),
+        );
+        let err = tokio::task::spawn_blocking(move || {
+            let mut v = Vec::new();
+            reader.read_to_end(&mut v).unwrap_err()
+        })
+        .await
+        .unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("idle"), "{err}");
+    }
+
     #[tokio::test]
     async fn a_whole_stream_arrives_intact() {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let sent = ByteCounter::default();
-        let resp = tar_response(Box::new(io::Cursor::new(data.clone())), sent.clone(), true);
+        let resp = tar_response(Box::new(io::Cursor::new(data.clone())), sent.clone(), DEFAULT_IDLE_TIMEOUT, true);
         let got = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(got.as_ref(), data.as_slice());
         assert_eq!(sent.get(), data.len() as u64);
@@ -238,13 +343,23 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_stream_errors_the_body() {
-        let resp = tar_response(Box::new(Failing { good: vec![7; 100_000], pos: 0 }), ByteCounter::default(), false);
+        let resp = tar_response(
+            Box::new(Failing { good: vec![7; 100_000], pos: 0 }),
+            ByteCounter::default(),
+            DEFAULT_IDLE_TIMEOUT,
+            false,
+        );
         assert!(resp.into_body().collect().await.is_err());
     }
 
     #[tokio::test]
     async fn a_failing_stream_says_why_in_a_trailer_to_who_asks() {
-        let resp = tar_response(Box::new(Failing { good: vec![7; 100_000], pos: 0 }), ByteCounter::default(), true);
+        let resp = tar_response(
+            Box::new(Failing { good: vec![7; 100_000], pos: 0 }),
+            ByteCounter::default(),
+            DEFAULT_IDLE_TIMEOUT,
+            true,
+        );
         assert_eq!(resp.headers()[header::TRAILER], ERROR_TRAILER);
         let got = resp.into_body().collect().await.unwrap();
         let trailers = got.trailers().cloned().unwrap();
@@ -255,7 +370,12 @@ mod tests {
     #[tokio::test]
     async fn a_body_error_reaches_the_reader() {
         let chunks: Vec<io::Result<Bytes>> = vec![Ok(Bytes::from_static(b"abc")), Err(io::Error::other("reset"))];
-        let mut reader = body_reader(Body::from_stream(futures_util::stream::iter(chunks)), ByteCounter::default());
+        let mut reader = body_reader(
+            Body::from_stream(futures_util::stream::iter(chunks)),
+            ByteCounter::default(),
+            DEFAULT_IDLE_TIMEOUT,
+            permit(),
+        );
         let got = tokio::task::spawn_blocking(move || {
             let mut v = Vec::new();
             reader.read_to_end(&mut v)
@@ -271,7 +391,7 @@ mod tests {
             vec![Ok(Bytes::from_static(b"abc")), Ok(Bytes::new()), Ok(Bytes::from_static(b"defgh"))];
         let body = Body::from_stream(futures_util::stream::iter(chunks));
         let received = ByteCounter::default();
-        let mut reader = body_reader(body, received.clone());
+        let mut reader = body_reader(body, received.clone(), DEFAULT_IDLE_TIMEOUT, permit());
         let got = tokio::task::spawn_blocking(move || {
             let mut small = [0u8; 2];
             let n = reader.read(&mut small).unwrap();

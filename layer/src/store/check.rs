@@ -16,7 +16,7 @@ use tracing::warn;
 
 use super::graph::LayerMeta;
 use super::rw::{MountSlot, RwEntry};
-use super::{Inner, blocking};
+use super::{Inner, blocking, blocking_shared};
 use crate::digest::{ChainId, Digest};
 use crate::error::Result;
 use crate::metadata::{TAR_SPLIT, remove_any};
@@ -39,7 +39,8 @@ impl Inner {
         let (layers, known_chains, mut known_ids) = {
             let g = self.layers.lock();
             let layers: Vec<Arc<LayerMeta>> = g.live().map(|(m, _)| m.clone()).collect();
-            let chains: HashSet<ChainId> = g.all_chains().cloned().collect();
+            // Damaged layers are known too: kept on purpose, never strays.
+            let chains: HashSet<ChainId> = g.all_chains().chain(self.damaged.layers.keys()).cloned().collect();
             let ids: HashSet<CacheId> =
                 g.all_metas().map(|m| m.cache_id.clone()).chain(g.busy.ids().cloned()).collect();
             (layers, chains, ids)
@@ -52,9 +53,11 @@ impl Inner {
                 known_ids.extend(e.init_id.clone());
             }
             known_ids.extend(m.busy.ids().cloned());
-            let names: HashSet<RwName> = m.keys().cloned().collect();
+            let names: HashSet<RwName> = m.keys().chain(self.damaged.rws.keys()).cloned().collect();
             (rws, names)
         };
+        known_ids.extend(self.damaged.ids.iter().cloned());
+        report_damaged(&self.damaged, &mut report);
 
         for meta in &layers {
             report.layers_checked += 1;
@@ -78,7 +81,9 @@ impl Inner {
                 continue;
             }
             let mut p = problem("orphaned_driver_dir", &id, "a driver dir no layer or rw layer refers to");
-            if opts.repair {
+            if opts.repair && !self.damaged.complete {
+                p.detail.push_str("; not removed: it may belong to a damaged entry whose driver ids are unknown");
+            } else if opts.repair {
                 match self.driver.remove(&id).await {
                     Ok(()) => p.repaired = true,
                     Err(e) => p.detail.push_str(&format!("; removing it failed: {e}")),
@@ -104,10 +109,21 @@ impl Inner {
             }
         }
         for name in mount_names {
-            let known = RwName::parse(&name).is_ok_and(|n| known_names.contains(&n));
-            if !known {
-                let path = self.db.root().join("mounts").join(&name);
-                self.check_stray(&path, opts, &mut report).await;
+            let path = self.db.root().join("mounts").join(&name);
+            match RwName::parse(&name) {
+                Ok(n) if known_names.contains(&n) => {}
+                Ok(n) => {
+                    // The RW layer may have been released and created anew
+                    // since the listing: `create_rw` commits the record and
+                    // publishes it holding the name's key, and `release_rw`
+                    // unpublishes holding it. Look again holding it.
+                    let _key = self.name_keys.lock(&n).await;
+                    if !self.mounts.lock().contains_key(&n) {
+                        self.check_stray(&path, opts, &mut report).await;
+                    }
+                }
+                // No RW layer can have this name.
+                Err(_) => self.check_stray(&path, opts, &mut report).await,
             }
         }
         Ok(report)
@@ -154,12 +170,12 @@ impl Inner {
                     out.push(problem("missing_tar_split", chain, format!("{TAR_SPLIT} is missing")));
                 }
             }
-            Ok((Err(why), _)) => out.push(problem("metadata_mismatch", chain, why)),
+            Ok((Err(d), _)) => out.push(problem("metadata_mismatch", chain, d.why)),
             Err(e) => out.push(problem("metadata_mismatch", chain, e.to_string())),
         }
         if opts.verify_content && out.is_empty() {
             let verified = match self.tar_stream(chain).await {
-                Ok(mut r) => blocking(move || {
+                Ok(mut r) => blocking_shared(move || {
                     let mut buf = vec![0u8; 256 * 1024];
                     loop {
                         match r.read(&mut buf) {
@@ -200,9 +216,20 @@ impl Inner {
                     ));
                 }
             }
-            Ok(Err(why)) => out.push(problem("metadata_mismatch", &e.name, why)),
+            Ok(Err(d)) => out.push(problem("metadata_mismatch", &e.name, d.why)),
             Err(err) => out.push(problem("metadata_mismatch", &e.name, err.to_string())),
         }
         out
+    }
+}
+
+/// Entries start-up kept without loading them: reported, never "repaired".
+fn report_damaged(damaged: &super::damaged::Damaged, report: &mut CheckReport) {
+    const KEPT: &str = "kept untouched (start-up and check delete nothing they cannot prove is garbage); fix or restore it and restart";
+    for (chain, d) in &damaged.layers {
+        report.problems.push(problem("damaged_layer", chain, format!("{}; {} ({KEPT})", d.why, d.path.display())));
+    }
+    for (name, d) in &damaged.rws {
+        report.problems.push(problem("damaged_rw_layer", name, format!("{}; {} ({KEPT})", d.why, d.path.display())));
     }
 }

@@ -11,14 +11,14 @@ use graphdriver::{CacheId, IoContext, TarReader};
 use super::{Inner, blocking};
 use crate::checkpoint::{ParallelVerifier, Segments};
 use crate::digest::{ChainId, VerifyingReader};
-use crate::error::{LayerStoreError, Result};
+use crate::error::Result;
 use crate::tarsplit::{Assembler, DirGetter};
 
 impl Inner {
     pub(super) async fn tar_stream(self: &Arc<Self>, chain: &ChainId) -> Result<TarReader> {
         let meta = {
             let g = self.layers.lock();
-            g.get(chain).map(|(m, _)| m.clone()).ok_or_else(|| LayerStoreError::LayerNotFound(chain.to_string()))?
+            g.get(chain).map(|(m, _)| m.clone()).ok_or_else(|| self.not_found(chain))?
         };
         let (dir, put) = match self.driver.diff_getter(&meta.cache_id).await? {
             Some(dir) => (dir, None),

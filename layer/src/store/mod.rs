@@ -8,7 +8,10 @@
 //! is taken. Filesystem work happens under key locks or no lock at all.
 
 mod check;
+mod damaged;
 mod export;
+#[cfg(test)]
+mod faults;
 mod graph;
 mod open;
 mod register;
@@ -75,6 +78,8 @@ pub(crate) struct Inner {
     /// Deferred deletions and other background work, awaited at shutdown.
     bg: TaskTracker,
     stats: StoreLockStats,
+    /// Entries start-up kept without loading them (see `damaged`).
+    damaged: damaged::Damaged,
     /// Benchmark baseline only: one global lock held across every operation,
     /// driver I/O included, with deletion done inline (moby's layerL).
     coarse: Option<Arc<tokio::sync::Mutex<()>>>,
@@ -96,8 +101,47 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
-/// Run `f` on the blocking pool.
+/// Threads of the store's own blocking pool (see [`blocking`]).
+const STORE_POOL_THREADS: usize = 64;
+
+/// The store's own blocking capacity: a runtime whose blocking threads only
+/// the store's metadata work uses (reads, writes, fsyncs, renames of the
+/// layerdb), so reference writes and publishes go on however many slow
+/// clients hold threads of the shared blocking pool in a read of their
+/// request body or a driver unpack. Built once per process, never dropped.
+fn store_pool() -> Option<&'static tokio::runtime::Handle> {
+    static POOL: std::sync::OnceLock<Option<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(STORE_POOL_THREADS)
+            .thread_name("layer-store-io")
+            .build()
+            .map_err(|e| tracing::warn!(error = %e, "no dedicated store I/O pool; using the shared blocking pool"))
+            .ok()
+    })
+    .as_ref()
+    .map(tokio::runtime::Runtime::handle)
+}
+
+/// Run the store's metadata work `f` on the store's own blocking pool.
+/// Never for anything that reads a caller's stream: that goes through
+/// [`blocking_shared`].
 pub(crate) async fn blocking<T, F>(f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    let task = match store_pool() {
+        Some(pool) => pool.spawn_blocking(f),
+        None => tokio::task::spawn_blocking(f),
+    };
+    task.await.map_err(|e| LayerStoreError::Internal(format!("blocking task failed: {e}")))?
+}
+
+/// Run `f` on tokio's shared blocking pool: work that may wait on a caller
+/// (a request body) or run long (content verification, init functions).
+pub(crate) async fn blocking_shared<T, F>(f: F) -> Result<T>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T> + Send + 'static,
@@ -138,8 +182,13 @@ impl Inner {
 
     fn info_of(&self, chain: &ChainId) -> Result<LayerInfo> {
         let g = self.layers.lock();
-        let (meta, c) = g.get(chain).ok_or_else(|| LayerStoreError::LayerNotFound(chain.to_string()))?;
+        let (meta, c) = g.get(chain).ok_or_else(|| self.not_found(chain))?;
         Ok(layer_info(meta, c))
+    }
+
+    /// The error for a layer that is not live: why, if start-up kept it damaged.
+    fn not_found(&self, chain: &ChainId) -> LayerStoreError {
+        self.damaged.layer_error(chain).unwrap_or_else(|| LayerStoreError::LayerNotFound(chain.to_string()))
     }
 
     /// Run deferred work (deletions) in the background, tracked for
@@ -179,10 +228,24 @@ impl Store {
         driver: Arc<dyn Driver>,
         opts: StoreOptions,
     ) -> Result<Store> {
-        let mut inner = open::open(lock, driver).await?;
+        let mut inner = open::open(lock, driver, None).await?;
         if opts.coarse_baseline {
             inner.coarse = Some(Arc::new(tokio::sync::Mutex::new(())));
         }
+        Ok(Store { inner: Arc::new(inner) })
+    }
+
+    /// Open with a fault hook on every metadata write, fsync and rename (the
+    /// fault-injection tests' seam).
+    #[cfg(test)]
+    pub(crate) async fn open_with_faults(
+        root: impl Into<PathBuf>,
+        driver: Arc<dyn Driver>,
+        faults: crate::metadata::FaultHook,
+    ) -> Result<Store> {
+        let root = root.into();
+        let lock = blocking(move || crate::rootlock::RootLock::acquire(root)).await?;
+        let inner = open::open(lock, driver, Some(faults)).await?;
         Ok(Store { inner: Arc::new(inner) })
     }
 

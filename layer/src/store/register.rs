@@ -1,7 +1,6 @@
 //! Registration: staged creation with no store lock held, duplicate
 //! suppression, publish under the layer's key lock; and the exact tar export.
 
-use std::fs::File;
 use std::io::{self, BufWriter, Read};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -11,7 +10,8 @@ use graphdriver::{CacheId, CreateOpts, IoContext, TarReader};
 use tracing::{debug, info, warn};
 
 use super::graph::{LayerMeta, Published};
-use super::{FlightKey, Inner, blocking, layer_info};
+use super::release::Freed;
+use super::{FlightKey, Inner, blocking, blocking_shared, layer_info};
 use crate::checkpoint::CheckpointHasher;
 use crate::compress::decompressed;
 use crate::digest::{ChainId, DiffId, Digest};
@@ -173,8 +173,8 @@ impl Inner {
                 parent: parent.map(|p| p.chain_id.clone()),
                 refs: Some(1),
             };
-            let txp = tx.to_path_buf();
-            blocking(move || LayerDb::write_layer_record(&txp, &rec)).await?;
+            let (db, txp) = (self.db.clone(), tx.to_path_buf());
+            blocking(move || db.write_layer_record(&txp, &rec)).await?;
             Ok(meta)
         }
         .await;
@@ -199,14 +199,20 @@ impl Inner {
         tar: TarReader,
         tx: &Path,
     ) -> Result<(DiffId, u64)> {
-        let (_, plain) = blocking(move || {
+        let (_, plain) = blocking_shared(move || {
             decompressed(tar).map_err(|e| LayerStoreError::InvalidInput(format!("reading layer data: {e}")))
         })
         .await?;
         let (chunks_tx, chunks_rx) = sync_channel::<Vec<u8>>(16);
         let ts_path = tx.join(TAR_SPLIT);
-        let recorder = tokio::task::spawn_blocking(move || record_tar_split(chunks_rx, &ts_path));
-        let tee = Arc::new(Mutex::new(Tee { inner: plain, sink: Some(chunks_tx), recorder_stopped: false }));
+        let db = self.db.clone();
+        let recorder = tokio::task::spawn_blocking(move || record_tar_split(&db, chunks_rx, &ts_path));
+        let tee = Arc::new(Mutex::new(Tee {
+            inner: plain,
+            sink: Some(chunks_tx),
+            recorder_stopped: false,
+            input_error: None,
+        }));
         // Buffer in front of the tee so the recorder (which also hashes, on
         // the other core) gets large chunks however small the extractor's
         // reads are. Bytes the buffer reads ahead are sent once, and the
@@ -216,13 +222,19 @@ impl Inner {
         // Drain what the extractor left (the end blocks and record padding
         // belong to the DiffID and the tar-split too), then close the channel.
         let ok = applied.is_ok();
-        let drained = blocking(move || {
+        let drained = blocking_shared(move || {
             let mut t = tee.lock().unwrap_or_else(PoisonError::into_inner);
             let res = if ok { io::copy(&mut *t, &mut io::sink()).map(|_| ()) } else { Ok(()) };
             t.sink = None;
-            Ok((res, t.recorder_stopped))
+            Ok((res, t.recorder_stopped, t.input_error.take()))
         })
         .await?;
+        // The caller's stream failed (a client gone or idle, bad compression):
+        // that is the reason, whatever the extractor made of it.
+        if let Some(why) = drained.2 {
+            let _ = recorder.await;
+            return Err(LayerStoreError::InvalidInput(format!("reading layer data: {why}")));
+        }
         let recorded = recorder.await.map_err(|e| LayerStoreError::Internal(format!("tar-split task: {e}")))?;
         let (size, digest) = match (applied, recorded) {
             (Ok(size), Ok(digest)) => (size, digest),
@@ -239,25 +251,39 @@ impl Inner {
     /// Make the staged layer visible, under its ChainID's key lock.
     async fn publish(self: &Arc<Self>, staged: Staged) -> Result<(LayerInfo, bool)> {
         let chain = staged.meta.chain_id.clone();
-        let _key = self.chain_keys.lock(&chain).await;
+        let key = self.chain_keys.lock(&chain).await;
         loop {
             let found = self.layers.lock().publish(&chain);
             match found {
-                Published::Removing(old) => {
-                    let done = self.unpublish_locked(old).await;
-                    self.delete_in_background(super::release::RwDirs::default(), done.into_iter().collect()).await;
-                }
+                Published::Removing(old) => match self.unpublish_locked(old).await {
+                    Ok(done) => {
+                        self.delete_in_background(super::release::RwDirs::default(), done.into_iter().collect()).await;
+                    }
+                    Err(e) => {
+                        // The freed layer's metadata is still in the way.
+                        drop(key);
+                        self.discard(Some(staged.meta.cache_id.clone()), staged.tx).await;
+                        return Err(e);
+                    }
+                },
                 Published::Existing(existing, generation) => {
                     // We hold the key: persist now (covering any retains waiting for it).
                     let res = self.persist_refs_locked(&chain, generation).await;
+                    drop(key);
                     self.discard(Some(staged.meta.cache_id.clone()), staged.tx).await;
-                    res?;
+                    if let Err((e, freed)) = res {
+                        self.finish_freeing(freed).await;
+                        return Err(e);
+                    }
                     info!(chain_id = %chain, "registered content already present; new reference");
                     return Ok((self.info_of(&existing.chain_id)?, false));
                 }
                 Published::Absent => {
                     let (db, tx, c) = (self.db.clone(), staged.tx.clone(), chain.clone());
+                    // An error means nothing was published; `Ok`, that the
+                    // rename happened (a failed fsync after it included).
                     if let Err(e) = blocking(move || db.commit_layer(&tx, &c)).await {
+                        drop(key);
                         self.discard(Some(staged.meta.cache_id.clone()), staged.tx).await;
                         return Err(e);
                     }
@@ -283,8 +309,11 @@ impl Inner {
     /// Make a reference of generation `want` durable; caller holds the key.
     /// Group commit: one write covers every reference taken before it, so
     /// twenty concurrent retains of one layer cost one or two fsyncs, not
-    /// twenty. On failure the caller's reference is taken back.
-    async fn persist_refs_locked(self: &Arc<Self>, chain: &ChainId, want: u64) -> Result<()> {
+    /// twenty. On failure the caller's reference is taken back; what that
+    /// frees is returned for the caller to hand to `finish_freeing` once it
+    /// has dropped the key (only the holder of a chain's key unpublishes
+    /// that chain).
+    async fn persist_refs_locked(self: &Arc<Self>, chain: &ChainId, want: u64) -> Result<(), (LayerStoreError, Freed)> {
         let Some((refs, generation)) = self.layers.lock().refs_to_persist(chain, want) else {
             return Ok(());
         };
@@ -295,12 +324,7 @@ impl Inner {
             }
             Err(e) => {
                 let freed = self.layers.lock().undo_retain(chain);
-                for m in freed {
-                    if let Some(u) = self.unpublish_locked(m).await {
-                        self.delete_in_background(super::release::RwDirs::default(), vec![u]).await;
-                    }
-                }
-                Err(e)
+                Err((e, self.unpublish_own(chain, freed).await))
             }
         }
     }
@@ -309,8 +333,13 @@ impl Inner {
         // The reference is taken in memory first (so the layer can't be
         // freed), then made durable under the key, possibly by someone else.
         let (_, want) = self.layers.lock().retain(chain)?;
-        let _key = self.chain_keys.lock(chain).await;
-        self.persist_refs_locked(chain, want).await?;
+        let key = self.chain_keys.lock(chain).await;
+        let res = self.persist_refs_locked(chain, want).await;
+        drop(key);
+        if let Err((e, freed)) = res {
+            self.finish_freeing(freed).await;
+            return Err(e);
+        }
         self.info_of(chain)
     }
 }
@@ -318,16 +347,16 @@ impl Inner {
 /// The recorder thread: hash every byte (the DiffID, with checkpoints for a
 /// parallel export check) and record the tar-split. The disassembler reads
 /// its input to the end, so on success the digest covers the whole stream.
-fn record_tar_split(chunks: Receiver<Vec<u8>>, path: &Path) -> Result<Digest> {
-    let file = File::create(path).ctx("create", path)?;
+fn record_tar_split(db: &LayerDb, chunks: Receiver<Vec<u8>>, path: &Path) -> Result<Digest> {
+    let file = db.create_file(path)?;
     let mut w = BufWriter::new(file);
     let mut input = ChannelReader { rx: chunks, buf: Vec::new(), pos: 0, hasher: CheckpointHasher::default() };
     tarsplit::disassemble(&mut input, &mut w)?;
     let file = w.into_inner().map_err(|e| e.into_error()).ctx("write", path)?;
-    file.sync_all().ctx("fsync", path)?;
+    db.sync_file(&file, path)?;
     let (digest, checkpoints) = input.hasher.finish();
     if let Some(dir) = path.parent() {
-        LayerDb::write_checkpoints(dir, &checkpoints.to_record())?;
+        db.write_checkpoints(dir, &checkpoints.to_record())?;
     }
     Ok(digest)
 }
@@ -337,11 +366,20 @@ struct Tee {
     inner: TarReader,
     sink: Option<SyncSender<Vec<u8>>>,
     recorder_stopped: bool,
+    /// The first error reading the caller's stream.
+    input_error: Option<String>,
 }
 
 impl Read for Tee {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => {
+                self.input_error.get_or_insert_with(|| e.to_string());
+                return Err(e);
+            }
+        };
         if n > 0
             && let Some(sink) = &self.sink
             && sink.send(buf[..n].to_vec()).is_err()

@@ -27,6 +27,14 @@ pub(super) struct RwDirs {
     trashed: Option<PathBuf>,
 }
 
+/// What a change of counts freed: layers unpublished already, and
+/// ancestors still to unpublish under their own keys.
+#[derive(Default)]
+pub(super) struct Freed {
+    done: Vec<Unpublished>,
+    rest: Vec<Arc<LayerMeta>>,
+}
+
 /// An unpublished layer whose driver dir and trashed metadata remain to delete.
 pub(super) struct Unpublished {
     meta: Arc<LayerMeta>,
@@ -38,23 +46,42 @@ impl Inner {
         let key = self.chain_keys.lock(chain).await;
         let (refs, gen0) = self.layers.lock().check_release(chain)?;
         // Persist first: a crash after this leaves a layer that start-up
-        // collects if nothing else holds it.
+        // collects if nothing else holds it. `write_refs` fails only if the
+        // old count is still the one on disk, so memory stays as it is.
         self.persist_refs(chain, refs).await?;
         let freed = self.layers.lock().release_persisted(chain, gen0);
         let deleted: Vec<ChainId> = freed.iter().map(|m| m.chain_id.clone()).collect();
-        let mut done = Vec::with_capacity(freed.len());
-        let mut rest = Vec::with_capacity(freed.len());
+        let freed = self.unpublish_own(chain, freed).await;
+        drop(key);
+        self.finish_freeing(freed).await;
+        Ok(deleted)
+    }
+
+    /// Unpublish what a change of `chain`'s counts freed (the layer itself
+    /// and possibly ancestors, child first): the layer itself now, under
+    /// its key, which the caller holds. Only the holder of a chain's key
+    /// unpublishes that chain, so the ancestors are left to
+    /// [`Self::finish_freeing`], which the caller runs once it has dropped
+    /// the key.
+    pub(super) async fn unpublish_own(self: &Arc<Self>, chain: &ChainId, freed: Vec<Arc<LayerMeta>>) -> Freed {
+        let mut out = Freed::default();
         for m in freed {
             if &m.chain_id == chain {
-                done.extend(self.unpublish_locked(m).await);
+                out.done.extend(self.unpublish_or_keep(m).await);
             } else {
-                rest.push(m);
+                out.rest.push(m);
             }
         }
-        drop(key);
-        done.extend(self.unpublish_all(rest).await);
+        out
+    }
+
+    /// Unpublish the freed ancestors, each under its own key in turn, then
+    /// delete everything in one ordered background task. The caller holds
+    /// no chain key.
+    pub(super) async fn finish_freeing(self: &Arc<Self>, freed: Freed) {
+        let mut done = freed.done;
+        done.extend(self.unpublish_all(freed.rest).await);
         self.delete_in_background(RwDirs::default(), done).await;
-        Ok(deleted)
     }
 
     pub(super) async fn unpin_child(self: &Arc<Self>, parent: Option<&Arc<LayerMeta>>) {
@@ -85,34 +112,39 @@ impl Inner {
         let mut out = Vec::with_capacity(freed.len());
         for m in freed {
             let _key = self.chain_keys.lock(&m.chain_id).await;
-            out.extend(self.unpublish_locked(m).await);
+            out.extend(self.unpublish_or_keep(m).await);
         }
         out
     }
 
+    /// [`Self::unpublish_locked`], keeping a layer whose metadata could not
+    /// move to the trash as `Removing` (invisible to readers, its driver dir
+    /// kept): its `refs` on disk is 0, so start-up collects it, and a new
+    /// registration of the same ChainID retries the move first.
+    async fn unpublish_or_keep(self: &Arc<Self>, meta: Arc<LayerMeta>) -> Option<Unpublished> {
+        let chain = meta.chain_id.clone();
+        self.unpublish_locked(meta).await.unwrap_or_else(|e| {
+            warn!(chain_id = %chain, error = %e, "moving deleted layer to trash failed; kept until the next start-up");
+            None
+        })
+    }
+
     /// Move a freed layer's metadata to the trash and forget it. Caller holds
-    /// the chain key. `None` if someone else unpublished it already.
-    pub(super) async fn unpublish_locked(self: &Arc<Self>, meta: Arc<LayerMeta>) -> Option<Unpublished> {
+    /// the chain key. `None` if someone else unpublished it already; an
+    /// error (the metadata did not move) leaves the layer `Removing`.
+    pub(super) async fn unpublish_locked(self: &Arc<Self>, meta: Arc<LayerMeta>) -> Result<Option<Unpublished>> {
         if !self.layers.lock().is_removing(&meta) {
-            return None;
+            return Ok(None);
         }
         let (db, chain) = (self.db.clone(), meta.chain_id.clone());
-        let trashed = blocking(move || db.trash(&db.layer_dir(&chain))).await;
+        let trashed = blocking(move || db.trash(&db.layer_dir(&chain))).await?;
         {
             let mut g = self.layers.lock();
             g.busy.mark([&meta.cache_id]);
             g.forget(&meta);
         }
-        let trashed = match trashed {
-            Ok(t) => Some(t),
-            Err(e) => {
-                // Left on disk with refs 0: start-up collects it.
-                warn!(chain_id = %meta.chain_id, error = %e, "moving deleted layer to trash failed");
-                None
-            }
-        };
         info!(chain_id = %meta.chain_id, "deleted layer");
-        Some(Unpublished { meta, trashed })
+        Ok(Some(Unpublished { meta, trashed: Some(trashed) }))
     }
 
     /// Delete an RW layer's dirs and unpublished layers, in that order, in

@@ -10,10 +10,10 @@ use graphdriver::{CacheId, Change, CreateOpts, TarReader};
 use tracing::{info, warn};
 
 use super::graph::{Busy, LayerMeta};
-use super::{Inner, RwOpts, blocking};
+use super::{Inner, RwOpts, blocking, blocking_shared};
 use crate::digest::ChainId;
 use crate::error::{LayerStoreError, Result};
-use crate::metadata::{LayerDb, MountRecord, remove_any};
+use crate::metadata::{MountRecord, remove_any};
 use crate::name::RwName;
 use crate::types::{LayerInfo, RegisterOpts, RwInfo};
 
@@ -106,7 +106,7 @@ impl Inner {
     pub(super) fn rw_entry(&self, name: &RwName) -> Result<Arc<RwEntry>> {
         match self.mounts.lock().get(name) {
             Some(MountSlot::Ready(e)) => Ok(e.clone()),
-            _ => Err(LayerStoreError::RwNotFound(name.to_string())),
+            _ => Err(self.damaged.rw_error(name).unwrap_or_else(|| LayerStoreError::RwNotFound(name.to_string()))),
         }
     }
 
@@ -128,12 +128,15 @@ impl Inner {
         let ids = [mount_id.clone(), mount_id.init()];
         {
             let mut m = self.mounts.lock();
-            if m.contains_key(name) {
+            if m.contains_key(name) || self.damaged.rws.contains_key(name) {
                 return Err(LayerStoreError::NameInUse(name.to_string()));
             }
             m.insert(name.clone(), MountSlot::Reserved);
             m.busy.mark(&ids);
         }
+        // Held until the RW layer is published (or its reservation dropped):
+        // `check` looks at a name's metadata holding this key.
+        let _key = self.name_keys.lock(name).await;
         let parent = match parent.map(|p| self.layers.lock().pin_rw(p)).transpose() {
             Ok(p) => p,
             Err(e) => {
@@ -178,9 +181,10 @@ impl Inner {
                 created.push(id.clone());
                 if let Some(f) = opts.init_fn {
                     let root = self.driver.get(&id, &opts.mount_label).await?;
-                    let res =
-                        blocking(move || f(&root).map_err(|e| LayerStoreError::Internal(format!("init layer: {e}"))))
-                            .await;
+                    let res = blocking_shared(move || {
+                        f(&root).map_err(|e| LayerStoreError::Internal(format!("init layer: {e}")))
+                    })
+                    .await;
                     self.driver.put(&id).await?;
                     res?;
                 }
@@ -199,7 +203,7 @@ impl Inner {
             let (db, n) = (self.db.clone(), name.clone());
             blocking(move || {
                 let tx = db.begin_tx()?;
-                let res = LayerDb::write_mount_record(&tx, &rec).and_then(|_| db.commit_mount(&tx, &n));
+                let res = db.write_mount_record(&tx, &rec).and_then(|_| db.commit_mount(&tx, &n));
                 if res.is_err() {
                     let _ = remove_any(&tx);
                 }
@@ -252,14 +256,22 @@ impl Inner {
         Ok(())
     }
 
+    /// Under the name's key, so a racing `release_rw` can't remove the
+    /// dirs being compared.
     pub(super) async fn changes(&self, name: &RwName) -> Result<Vec<Change>> {
+        let _key = self.name_keys.lock(name).await;
         let e = self.rw_entry(name)?;
         Ok(self.driver.changes(&e.mount_id, e.diff_base()).await?)
     }
 
+    /// The stream holds the name's key until it is dropped: a `release_rw`
+    /// (or `commit`, `mount`...) of this name waits for it, instead of
+    /// removing the dirs under it and leaving a silently short tar.
     pub(super) async fn diff(&self, name: &RwName) -> Result<TarReader> {
+        let key = self.name_keys.lock(name).await;
         let e = self.rw_entry(name)?;
-        Ok(self.driver.diff(&e.mount_id, e.diff_base()).await?)
+        let tar = self.driver.diff(&e.mount_id, e.diff_base()).await?;
+        Ok(Box::new(KeyedReader { inner: tar, _key: key }))
     }
 
     pub(super) async fn commit(self: &Arc<Self>, name: &RwName) -> Result<LayerInfo> {
@@ -307,5 +319,17 @@ impl Inner {
         // one background task in that order.
         self.unpin_rw(e.parent.as_ref(), ids, Some(trashed)).await;
         Ok(())
+    }
+}
+
+/// A reader that holds a key lock for as long as it lives.
+struct KeyedReader {
+    inner: TarReader,
+    _key: crate::keyed::KeyGuard<RwName>,
+}
+
+impl std::io::Read for KeyedReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf)
     }
 }
