@@ -22,6 +22,20 @@ pub const ERROR_TRAILER: &str = "layerd-error";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub message: String,
+    /// The error's class: an `ErrorKind` name (`not_found`, `already_exists`,
+    /// `invalid_argument`, `conflict`, `unsupported`, `data_loss`,
+    /// `internal`). Always sent by layerd; optional for readers, so a body
+    /// without it still parses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+/// The [`ErrorKind`](graphdriver::ErrorKind) an error body's `kind` names.
+pub fn parse_kind(name: &str) -> Option<graphdriver::ErrorKind> {
+    use graphdriver::ErrorKind as K;
+    [K::NotFound, K::AlreadyExists, K::InvalidArgument, K::Conflict, K::Unsupported, K::DataLoss, K::Internal]
+        .into_iter()
+        .find(|k| k.as_str() == name)
 }
 
 /// Query of `POST /v1/layers`.

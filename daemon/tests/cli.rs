@@ -109,6 +109,16 @@ impl Daemon {
             serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"));
         let msg = v["message"].as_str().unwrap_or_else(|| panic!("{method} {path}: no message: {text}"));
         assert!(!msg.is_empty());
+        // The error's class travels beside the message, consistent with the status.
+        let kind = v["kind"].as_str().unwrap_or_else(|| panic!("{method} {path}: no kind: {text}"));
+        let want: &[&str] = match status {
+            404 => &["not_found"],
+            409 => &["conflict", "already_exists"],
+            501 => &["unsupported"],
+            400..=499 => &["invalid_argument"],
+            _ => &["internal", "data_loss"],
+        };
+        assert!(want.contains(&kind), "{method} {path}: kind {kind:?} for status {status}: {text}");
         msg.to_owned()
     }
 

@@ -23,6 +23,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_util::io::ReaderStream;
 
 use crate::api::ErrorBody;
+use graphdriver::ErrorKind;
 
 /// Where `layerctl` looks for the daemon by default.
 pub const DEFAULT_HOST: &str = "unix:///run/layerd/layerd.sock";
@@ -41,9 +42,10 @@ pub enum CliError {
     /// The daemon could not be reached (exit 3).
     #[error("cannot reach layerd at {host}: {source}")]
     Unreachable { host: String, source: io::Error },
-    /// The daemon answered with an error (exit 1).
+    /// The daemon answered with an error (exit 1); `kind` is the error's
+    /// class from the body's `kind` (else read from the status).
     #[error("{message}")]
-    Server { status: StatusCode, message: String },
+    Server { status: StatusCode, kind: ErrorKind, message: String },
     /// Anything else: local files, a broken connection, a bad reply (exit 1).
     #[error("{0}")]
     Other(String),
@@ -182,8 +184,10 @@ impl Client {
                 && attempt < ATTEMPTS
                 && match &res {
                     Err(CliError::Lost(_)) => true,
-                    Err(CliError::Server { status, message }) => {
-                        *status == StatusCode::CONFLICT && message.contains("is still running")
+                    Err(CliError::Server { status, kind, message }) => {
+                        *status == StatusCode::CONFLICT
+                            && *kind == ErrorKind::Conflict
+                            && message.contains("is still running")
                     }
                     _ => false,
                 };
@@ -318,14 +322,21 @@ async fn read_json<T: DeserializeOwned>(resp: Response<Incoming>) -> CliResult<T
 
 async fn server_error(resp: Response<Incoming>) -> CliError {
     let status = resp.status();
-    let message = match resp.into_body().collect().await {
+    let (message, kind) = match resp.into_body().collect().await {
         Ok(body) => match serde_json::from_slice::<ErrorBody>(&body.to_bytes()) {
-            Ok(e) => e.message,
-            Err(_) => format!("layerd answered {status}"),
+            Ok(e) => (e.message, e.kind.as_deref().and_then(crate::api::parse_kind)),
+            Err(_) => (format!("layerd answered {status}"), None),
         },
-        Err(e) => format!("layerd answered {status} ({e})"),
+        Err(e) => (format!("layerd answered {status} ({e})"), None),
     };
-    CliError::Server { status, message }
+    let kind = kind.unwrap_or(match status.as_u16() {
+        404 => ErrorKind::NotFound,
+        409 => ErrorKind::Conflict,
+        501 => ErrorKind::Unsupported,
+        400..=499 => ErrorKind::InvalidArgument,
+        _ => ErrorKind::Internal,
+    });
+    CliError::Server { status, kind, message }
 }
 
 /// Percent-encode a path segment or query value.

@@ -2,8 +2,10 @@
 //!
 //! Store and driver errors cross the boundary as their [`ErrorKind`];
 //! [`status_of`] maps a kind to a status. Every error body is
-//! `{"message": "..."}`. A 5xx body says only "internal error": the detail,
-//! which may name paths on the host, goes to the log.
+//! `{"message": "...", "kind": "<ErrorKind name>"}`, so clients get the
+//! error's class back, not only its status. A 5xx body's message says only
+//! "internal error": the detail, which may name paths on the host, goes to
+//! the log.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -27,10 +29,22 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
     }
 }
 
+/// The kind an error made with a bare status has.
+fn kind_of_status(status: StatusCode) -> ErrorKind {
+    match status.as_u16() {
+        404 => ErrorKind::NotFound,
+        409 => ErrorKind::Conflict,
+        501 => ErrorKind::Unsupported,
+        400..=499 => ErrorKind::InvalidArgument,
+        _ => ErrorKind::Internal,
+    }
+}
+
 /// An error on its way to becoming a response.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
+    kind: ErrorKind,
     message: String,
     /// A 5xx whose message is meant for the client (it names no host path):
     /// a layer or RW layer kept damaged says why.
@@ -39,7 +53,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into(), expose: false }
+        ApiError { status, kind: kind_of_status(status), message: message.into(), expose: false }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -54,6 +68,10 @@ impl ApiError {
         self.status
     }
 
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
     /// The message a client sees: the detail for 4xx, a generic one for 5xx.
     pub fn public_message(&self) -> &str {
         if self.status.is_server_error() && !self.expose { INTERNAL_MESSAGE } else { &self.message }
@@ -63,7 +81,7 @@ impl ApiError {
 impl From<LayerStoreError> for ApiError {
     fn from(e: LayerStoreError) -> Self {
         let expose = matches!(e, LayerStoreError::Corrupt { .. } | LayerStoreError::RwCorrupt { .. });
-        ApiError { expose, ..ApiError::new(status_of(e.kind()), e.to_string()) }
+        ApiError { expose, kind: e.kind(), ..ApiError::new(status_of(e.kind()), e.to_string()) }
     }
 }
 
@@ -81,7 +99,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         self.log();
-        let body = ErrorBody { message: self.public_message().to_owned() };
+        let body = ErrorBody { message: self.public_message().to_owned(), kind: Some(self.kind.as_str().to_owned()) };
         (self.status, Json(body)).into_response()
     }
 }
@@ -118,6 +136,8 @@ mod tests {
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         let e: ApiError = LayerStoreError::NameInUse("web".into()).into();
         assert_eq!(e.status(), StatusCode::CONFLICT);
+        assert_eq!(e.kind(), LayerStoreError::NameInUse("web".into()).kind());
+        assert_eq!(ApiError::bad_request("x").kind(), ErrorKind::InvalidArgument);
     }
 
     #[tokio::test]
@@ -128,6 +148,7 @@ mod tests {
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         let body: ErrorBody = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(body.message, INTERNAL_MESSAGE);
+        assert_eq!(body.kind.as_deref(), Some("internal"));
     }
 
     #[test]

@@ -233,7 +233,7 @@ mod tests {
         let create = |parent: Option<String>| CreateRwRequest { name: "web".into(), parent, init: true };
         let same = |schema, v: Value, role| Sample { schema, full: v.clone(), minimal: v, role };
         vec![
-            same("Error", to_json(&ErrorBody { message: "no".into() }), Role::Response),
+            same("Error", to_json(&ErrorBody { message: "no".into(), kind: Some("not_found".into()) }), Role::Response),
             Sample {
                 schema: "LayerInfo",
                 full: to_json(&layer(Some(chain.clone()))),
