@@ -82,6 +82,7 @@ pub(crate) struct Inner {
     damaged: damaged::Damaged,
     /// Benchmark baseline only: one global lock held across every operation,
     /// driver I/O included, with deletion done inline (moby's layerL).
+    #[cfg(feature = "coarse-baseline")]
     coarse: Option<Arc<tokio::sync::Mutex<()>>>,
     _root_lock: crate::rootlock::RootLock,
 }
@@ -91,7 +92,9 @@ pub(crate) struct Inner {
 pub struct StoreOptions {
     /// Emulate a coarse-locked store (one global lock held across driver I/O,
     /// deletion inline) — the baseline the benchmarks compare against. Never
-    /// use it for real work.
+    /// use it for real work. Only with the `coarse-baseline` feature, which
+    /// only the benchmark enables.
+    #[cfg(feature = "coarse-baseline")]
     pub coarse_baseline: bool,
 }
 
@@ -194,7 +197,7 @@ impl Inner {
     /// Run deferred work (deletions) in the background, tracked for
     /// shutdown; inline in the coarse baseline.
     async fn defer(&self, fut: impl Future<Output = ()> + Send + 'static) {
-        if self.coarse.is_some() {
+        if self.coarse().is_some() {
             fut.await;
         } else {
             self.bg.spawn(fut);
@@ -203,8 +206,20 @@ impl Inner {
 
     /// In the coarse baseline, reads wait for the global lock too.
     fn coarse_read(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        let m = self.coarse.clone()?;
+        let m = self.coarse()?;
         Some(tokio::task::block_in_place(|| m.blocking_lock_owned()))
+    }
+
+    /// The benchmark baseline's global lock; never there in a real build.
+    #[cfg(feature = "coarse-baseline")]
+    fn coarse(&self) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        self.coarse.clone()
+    }
+
+    #[cfg(not(feature = "coarse-baseline"))]
+    #[inline]
+    fn coarse(&self) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        None
     }
 }
 
@@ -228,10 +243,14 @@ impl Store {
         driver: Arc<dyn Driver>,
         opts: StoreOptions,
     ) -> Result<Store> {
+        #[cfg_attr(not(feature = "coarse-baseline"), allow(unused_mut))]
         let mut inner = open::open(lock, driver, None).await?;
+        #[cfg(feature = "coarse-baseline")]
         if opts.coarse_baseline {
             inner.coarse = Some(Arc::new(tokio::sync::Mutex::new(())));
         }
+        #[cfg(not(feature = "coarse-baseline"))]
+        let StoreOptions {} = opts;
         Ok(Store { inner: Arc::new(inner) })
     }
 
@@ -259,8 +278,8 @@ impl Store {
     {
         let inner = self.inner.clone();
         detached(async move {
-            let _global = match &inner.coarse {
-                Some(m) => Some(m.clone().lock_owned().await),
+            let _global = match inner.coarse() {
+                Some(m) => Some(m.lock_owned().await),
                 None => None,
             };
             f(inner).await

@@ -328,6 +328,7 @@ pub(super) async fn open(root_lock: RootLock, driver: Arc<dyn Driver>, faults: O
         bg: TaskTracker::new(),
         stats: StoreLockStats { all: stats },
         damaged,
+        #[cfg(feature = "coarse-baseline")]
         coarse: None,
         _root_lock: root_lock,
     })
