@@ -37,6 +37,7 @@ use futures_util::StreamExt;
 use graphdriver::TarReader;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::mpsc;
+use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::api::ERROR_TRAILER;
 
@@ -92,32 +93,8 @@ pub fn body_reader(
             }
         }
     });
-    Box::new(ChannelReader { rx, chunk: Bytes::new(), done: false })
-}
-
-/// The reading end of [`body_reader`].
-struct ChannelReader {
-    rx: mpsc::Receiver<io::Result<Bytes>>,
-    chunk: Bytes,
-    done: bool,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.chunk.is_empty() {
-            if self.done || buf.is_empty() {
-                return Ok(0);
-            }
-            match self.rx.blocking_recv() {
-                Some(Ok(chunk)) => self.chunk = chunk,
-                Some(Err(e)) => return Err(e),
-                None => self.done = true,
-            }
-        }
-        let n = buf.len().min(self.chunk.len());
-        buf[..n].copy_from_slice(&self.chunk.split_to(n));
-        Ok(n)
-    }
+    let chunks = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    Box::new(SyncIoBridge::new(StreamReader::new(Box::pin(chunks))))
 }
 
 /// Middleware: wrap the request body in [`DrainOnDrop`].
