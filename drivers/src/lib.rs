@@ -7,6 +7,7 @@
 
 pub mod btrfs;
 mod common;
+pub mod fsmagic;
 pub mod legacy;
 pub mod overlay;
 pub mod registry;

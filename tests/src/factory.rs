@@ -108,11 +108,8 @@ pub fn default_parent_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     let tmp = std::env::temp_dir();
-    const TMPFS_MAGIC: i64 = 0x0102_1994;
-    match rustix::fs::statfs(&tmp) {
-        // `f_type`'s width differs between architectures.
-        #[allow(clippy::unnecessary_cast)]
-        Ok(st) if st.f_type as i64 == TMPFS_MAGIC => PathBuf::from("/var/tmp"),
+    match drivers::fsmagic::of(&tmp) {
+        Ok(drivers::fsmagic::TMPFS) => PathBuf::from("/var/tmp"),
         _ => tmp,
     }
 }

@@ -10,7 +10,7 @@ use graphdriver::{DriverError, IoError, Result};
 use super::{NAME, ioctl};
 
 /// `BTRFS_SUPER_MAGIC` from `<linux/magic.h>`.
-pub const BTRFS_SUPER_MAGIC: i64 = 0x9123_683E;
+pub const BTRFS_SUPER_MAGIC: i64 = crate::fsmagic::BTRFS;
 
 /// Refuse unless `home` (or, if it does not exist yet, its nearest existing
 /// ancestor) is on btrfs. Creates nothing.
@@ -39,21 +39,9 @@ pub fn check(home: &Path) -> Result<()> {
     })
 }
 
-/// Names for the filesystem magics a home is most often on.
-pub fn fs_name(magic: i64) -> &'static str {
-    match magic {
-        0xEF53 => "ext4",
-        0x5846_5342 => "xfs",
-        BTRFS_SUPER_MAGIC => "btrfs",
-        0x0102_1994 => "tmpfs",
-        0x794C_7630 => "overlayfs",
-        0x2FC1_2FC1 => "zfs",
-        0xF2F5_2010 => "f2fs",
-        0x6969 => "nfs",
-        0x6573_5546 => "fuse",
-        0xCA45_1A4E => "bcachefs",
-        _ => "an unknown filesystem",
-    }
+/// The name of a filesystem magic ([`crate::fsmagic`]).
+pub fn fs_name(magic: i64) -> String {
+    crate::fsmagic::describe(magic)
 }
 
 /// What `status()` reports; gathered once at start.
@@ -122,8 +110,8 @@ mod tests {
 
     #[test]
     fn names_and_uuid() {
-        assert_eq!(fs_name(0xEF53), "ext4");
-        assert_eq!(fs_name(1), "an unknown filesystem");
+        assert_eq!(fs_name(0xEF53), "extfs");
+        assert_eq!(fs_name(1), "unknown (0x1)");
         assert_eq!(csum_name(0), "crc32c");
         let u = uuid(&[0x12; 16]);
         assert_eq!(u, "12121212-1212-1212-1212-121212121212");

@@ -20,7 +20,7 @@ use rustix::fs::XattrFlags;
 
 use super::mount::{self, KernelOpts, PAGE, Plan, Stack};
 
-const OVERLAYFS_MAGIC: i64 = 0x794C_7630;
+const OVERLAYFS_MAGIC: i64 = crate::fsmagic::OVERLAYFS;
 
 /// What the probe found; `status()` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,22 +173,9 @@ fn kernel_defaults(params: &Path) -> String {
     if out.is_empty() { "unknown".into() } else { out.join(",") }
 }
 
-/// Moby's names for the common filesystem magics.
+/// Moby's name for a filesystem magic ([`crate::fsmagic`]).
 pub fn fs_name(magic: i64) -> String {
-    match magic {
-        0xEF53 => "extfs",
-        0x5846_5342 => "xfs",
-        0x9123_683E => "btrfs",
-        0x0102_1994 => "tmpfs",
-        OVERLAYFS_MAGIC => "overlayfs",
-        0x2FC1_2FC1 => "zfs",
-        0xF2F5_2010 => "f2fs",
-        0x6969 => "nfs",
-        0x6573_5546 => "fuse",
-        0xCA45_1A4E => "bcachefs",
-        _ => return format!("unknown (0x{magic:x})"),
-    }
-    .to_string()
+    crate::fsmagic::describe(magic)
 }
 
 fn unique(dir: &Path, what: &str) -> std::path::PathBuf {

@@ -18,7 +18,7 @@ use super::mount;
 /// upper, and large trees must not eat RAM).
 pub fn disk_tempdir() -> tempfile::TempDir {
     let base = std::env::temp_dir();
-    let tmpfs = rustix::fs::statfs(&base).map(|st| st.f_type == 0x0102_1994).unwrap_or(true);
+    let tmpfs = crate::fsmagic::of(&base).map(|m| m == crate::fsmagic::TMPFS).unwrap_or(true);
     let base = if tmpfs { PathBuf::from("/var/tmp") } else { base };
     tempfile::Builder::new().prefix("ovl").tempdir_in(base).expect("temp dir")
 }

@@ -26,23 +26,9 @@ pub fn probe(home: &Path, scratch: &Path) -> HostInfo {
     HostInfo { backing_fs, reflink: reflink_works(scratch) }
 }
 
-/// Moby's names for the common filesystem magics.
+/// Moby's name for a filesystem magic ([`crate::fsmagic`]).
 pub fn fs_name(magic: i64) -> String {
-    match magic {
-        0xEF53 => "extfs",
-        0x5846_5342 => "xfs",
-        0x9123_683E => "btrfs",
-        0x0102_1994 => "tmpfs",
-        0x794C_7630 => "overlayfs",
-        0x2FC1_2FC1 => "zfs",
-        0xF2F5_2010 => "f2fs",
-        0x6969 => "nfs",
-        0x0100_2001 => "nfs",
-        0x6573_5546 => "fuse",
-        0xCA45_1A4E => "bcachefs",
-        _ => return format!("unknown (0x{magic:x})"),
-    }
-    .to_string()
+    crate::fsmagic::describe(magic)
 }
 
 /// Try a FICLONE between two scratch files.
