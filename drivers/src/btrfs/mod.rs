@@ -490,8 +490,8 @@ mod tests {
                 assert!(why.ends_with("not btrfs"), "{why}");
                 assert!(why.contains(&format!("(magic 0x{magic:x})")), "{why}");
                 assert!(why.contains(&t.path().display().to_string()), "{why}");
-                if magic == 0xEF53 {
-                    assert!(why.contains("is on ext4"), "{why}");
+                if magic == crate::fsmagic::EXT {
+                    assert!(why.contains("is on extfs"), "{why}");
                 }
             }
             other => panic!("wrong error {other:?}"),
