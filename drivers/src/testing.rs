@@ -1,9 +1,11 @@
-//! Test support, not for production: a throwaway btrfs filesystem on a loop
-//! device, for the btrfs driver's tests and the conformance suite.
+//! Test support, not for production: a throwaway filesystem (btrfs, ext4 or
+//! XFS) on a loop device, for the btrfs driver's tests and for running the
+//! conformance suite on the filesystems users run Docker on.
 //!
-//! [`BtrfsLoop::new`] makes a sparse image file in a fresh directory under
-//! `/var/tmp` (a disk filesystem; the system temp dir if that is missing),
-//! formats it with `mkfs.btrfs`, attaches it with `losetup`, and mounts it.
+//! [`LoopFs::with_fs`] (btrfs: [`BtrfsLoop::new`]) makes a sparse image
+//! file in a fresh directory under `/var/tmp` (a disk filesystem; the system
+//! temp dir if that is missing), formats it with `mkfs.<fs>`, attaches it
+//! with `losetup`, and mounts it.
 //! Dropping it — also while a test panics — unmounts (lazily, as a last
 //! resort), detaches the loop device and deletes the image. Right after the
 //! mount the loop device is also marked auto-clear, so even a killed test
@@ -23,12 +25,46 @@ use std::time::{Duration, Instant};
 
 use nix::mount::{MntFlags, MsFlags};
 
+/// A filesystem a [`LoopFs`] can be made with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoopKind {
+    Btrfs,
+    Ext4,
+    Xfs,
+}
+
+impl LoopKind {
+    /// The kernel's name for it (`mount -t`).
+    pub fn name(self) -> &'static str {
+        match self {
+            LoopKind::Btrfs => "btrfs",
+            LoopKind::Ext4 => "ext4",
+            LoopKind::Xfs => "xfs",
+        }
+    }
+
+    /// `mkfs` and the Debian package it comes in.
+    fn mkfs(self) -> (&'static str, &'static [&'static str], &'static str) {
+        match self {
+            LoopKind::Btrfs => ("mkfs.btrfs", &["-q", "-f"], "btrfs-progs"),
+            LoopKind::Ext4 => ("mkfs.ext4", &["-q", "-F"], "e2fsprogs"),
+            LoopKind::Xfs => ("mkfs.xfs", &["-q", "-f"], "xfsprogs"),
+        }
+    }
+}
+
 /// Why a [`BtrfsLoop`] cannot be made on this host, or `Ok(())`.
 pub fn available() -> Result<(), String> {
+    available_fs(LoopKind::Btrfs)
+}
+
+/// Why a [`LoopFs`] of `kind` cannot be made on this host, or `Ok(())`.
+pub fn available_fs(kind: LoopKind) -> Result<(), String> {
     if !nix::unistd::geteuid().is_root() {
         return Err("not root: attaching loop devices and mounting need root".into());
     }
-    for (tool, package) in [("mkfs.btrfs", "btrfs-progs"), ("losetup", "util-linux")] {
+    let (mkfs, _, package) = kind.mkfs();
+    for (tool, package) in [(mkfs, package), ("losetup", "util-linux")] {
         if find_tool(tool).is_none() {
             return Err(format!("no {tool} on PATH or in /sbin, /usr/sbin (install {package})"));
         }
@@ -36,11 +72,12 @@ pub fn available() -> Result<(), String> {
     if !Path::new("/dev/loop-control").exists() {
         return Err("no /dev/loop-control: the loop module is not loaded (modprobe loop)".into());
     }
-    let has_btrfs = || fs::read_to_string("/proc/filesystems").map(|s| s.contains("\tbtrfs\n")).unwrap_or(false);
-    if !has_btrfs() {
-        let _ = Command::new("modprobe").arg("btrfs").output();
-        if !has_btrfs() {
-            return Err("the kernel has no btrfs (not in /proc/filesystems, modprobe btrfs failed)".into());
+    let name = kind.name();
+    let known = || fs::read_to_string("/proc/filesystems").map(|s| s.contains(&format!("\t{name}\n"))).unwrap_or(false);
+    if !known() {
+        let _ = Command::new("modprobe").arg(name).output();
+        if !known() {
+            return Err(format!("the kernel has no {name} (not in /proc/filesystems, modprobe {name} failed)"));
         }
     }
     Ok(())
@@ -54,9 +91,13 @@ fn find_tool(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// A mounted throwaway btrfs; see the module docs.
+/// A mounted throwaway btrfs (the name the btrfs tests know it by).
+pub type BtrfsLoop = LoopFs;
+
+/// A mounted throwaway filesystem; see the module docs.
 #[derive(Debug)]
-pub struct BtrfsLoop {
+pub struct LoopFs {
+    kind: LoopKind,
     dir: PathBuf,
     image: PathBuf,
     mnt: PathBuf,
@@ -64,18 +105,24 @@ pub struct BtrfsLoop {
     mounted: bool,
 }
 
-impl BtrfsLoop {
+impl LoopFs {
     /// Make, attach and mount a btrfs image of `size_mb` MiB (sparse;
     /// mkfs.btrfs wants at least 114). Anything made before a failure is
     /// undone.
-    pub fn new(size_mb: u64) -> io::Result<BtrfsLoop> {
-        available().map_err(|why| io::Error::new(io::ErrorKind::Unsupported, why))?;
+    pub fn new(size_mb: u64) -> io::Result<LoopFs> {
+        LoopFs::with_fs(LoopKind::Btrfs, size_mb)
+    }
+
+    /// The same with another filesystem (XFS wants at least 300 MiB).
+    pub fn with_fs(kind: LoopKind, size_mb: u64) -> io::Result<LoopFs> {
+        available_fs(kind).map_err(|why| io::Error::new(io::ErrorKind::Unsupported, why))?;
+        let name = kind.name();
         static N: AtomicU64 = AtomicU64::new(0);
         let base = if Path::new("/var/tmp").is_dir() { PathBuf::from("/var/tmp") } else { std::env::temp_dir() };
         let nanos =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let dir =
-            base.join(format!("layerd-btrfs-{}-{}-{nanos:x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+            base.join(format!("layerd-{name}-{}-{}-{nanos:x}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
         fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| annotate(e, "create", &dir))?;
         // The kernel reports loop backing files by their resolved path.
         let dir = match fs::canonicalize(&dir) {
@@ -86,17 +133,24 @@ impl BtrfsLoop {
             }
         };
         // From here on, Drop undoes whatever was done.
-        let mut lo =
-            BtrfsLoop { image: dir.join("btrfs.img"), mnt: dir.join("mnt"), dir, device: None, mounted: false };
+        let mut lo = LoopFs {
+            kind,
+            image: dir.join(format!("{name}.img")),
+            mnt: dir.join("mnt"),
+            dir,
+            device: None,
+            mounted: false,
+        };
         let image = fs::File::create_new(&lo.image).map_err(|e| annotate(e, "create", &lo.image))?;
         image.set_len(size_mb * 1024 * 1024).map_err(|e| annotate(e, "truncate", &lo.image))?;
         drop(image);
-        run(Command::new("mkfs.btrfs").arg("-q").arg("-f").arg(&lo.image))?;
+        let (mkfs, args, _) = kind.mkfs();
+        run(Command::new(mkfs).args(args).arg(&lo.image))?;
         let out = run(Command::new("losetup").arg("--find").arg("--show").arg(&lo.image))?;
         let device = PathBuf::from(out.trim());
         lo.device = Some(device.clone());
         fs::DirBuilder::new().mode(0o755).create(&lo.mnt).map_err(|e| annotate(e, "create", &lo.mnt))?;
-        nix::mount::mount(Some(&device), &lo.mnt, Some("btrfs"), MsFlags::empty(), None::<&str>)
+        nix::mount::mount(Some(&device), &lo.mnt, Some(name), MsFlags::empty(), None::<&str>)
             .map_err(|e| annotate(e.into(), "mount", &lo.mnt))?;
         lo.mounted = true;
         // On a busy device this only sets auto-clear: it detaches by itself
@@ -148,10 +202,11 @@ impl BtrfsLoop {
     }
 }
 
-impl Drop for BtrfsLoop {
+impl Drop for LoopFs {
     fn drop(&mut self) {
         if let Err(e) = self.teardown() {
-            tracing::error!(image = %self.image.display(), error = %e, "cannot tear down the btrfs loop harness");
+            let fs = self.kind.name();
+            tracing::error!(image = %self.image.display(), fs, error = %e, "cannot tear down the loop harness");
         }
     }
 }
@@ -186,7 +241,7 @@ fn unmount(mnt: &Path) -> io::Result<()> {
                 std::thread::sleep(Duration::from_millis(100))
             }
             Err(nix::errno::Errno::EBUSY) => {
-                tracing::warn!(mnt = %mnt.display(), "btrfs harness still busy; unmounting lazily");
+                tracing::warn!(mnt = %mnt.display(), "loop harness still busy; unmounting lazily");
                 return nix::mount::umount2(mnt, MntFlags::MNT_DETACH).map_err(|e| annotate(e.into(), "unmount", mnt));
             }
             Err(e) => return Err(annotate(e.into(), "unmount", mnt)),

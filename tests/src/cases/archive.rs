@@ -41,12 +41,13 @@ async fn round_trip(
 /// diff, devices and fifos are kept and sockets dropped (listed by
 /// `changes`, absent from the tar).
 pub async fn special_files(cx: Cx) -> CaseResult {
+    let (major, minor) = big_device(&cx).await?;
     let ops = vec![
         dir("/dev", 0o755),
         mknod("/dev/null", Node::Char(1, 3), 0o666),
         mknod("/dev/loop0", Node::Block(7, 0), 0o660),
         chown("/dev/loop0", 0, 6),
-        mknod("/dev/big", Node::Char(511, 1_048_575), 0o600),
+        mknod("/dev/big", Node::Char(major, minor), 0o600),
         dir("/run", 0o755),
         mknod("/run/fifo", Node::Fifo, 0o620),
         mknod("/run/app.sock", Node::Socket, 0o755),
@@ -62,6 +63,31 @@ pub async fn special_files(cx: Cx) -> CaseResult {
     );
     round_trip(&cx, &src, None, ScanOpts::default(), &["/run/app.sock"]).await?;
     Ok(())
+}
+
+/// The largest device number the backing filesystem holds: Linux's
+/// 511:1048575 (20-bit minor) where it can, else the old 14/18-bit split
+/// (511:262143) that XFS stores on disk. The case says which it tested.
+async fn big_device(cx: &Cx) -> anyhow::Result<(u32, u32)> {
+    let probe = cx.work().join("device-probe");
+    let refused = blocking(move || {
+        let mode = rustix::fs::Mode::from_raw_mode(0o600);
+        let dev = rustix::fs::makedev(511, 1_048_575);
+        let r = rustix::fs::mknodat(rustix::fs::CWD, &probe, rustix::fs::FileType::CharacterDevice, mode, dev);
+        let _ = std::fs::remove_file(&probe);
+        Ok(r.err())
+    })
+    .await?;
+    match refused {
+        None => Ok((511, 1_048_575)),
+        Some(e) => {
+            eprintln!(
+                "special_files: the filesystem under {} refuses device 511:1048575 ({e}); testing 511:262143 instead",
+                cx.work().display()
+            );
+            Ok((511, 262_143))
+        }
+    }
 }
 
 /// `user.*` and `trusted.*` xattrs (binary and large values, on files,
