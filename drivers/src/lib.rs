@@ -12,4 +12,5 @@ pub mod legacy;
 pub mod overlay;
 pub mod registry;
 pub mod testing;
+pub mod tree;
 pub mod vfs;

@@ -31,196 +31,66 @@ mod subvol;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use async_trait::async_trait;
-use graphdriver::{CacheId, Capabilities, CreateOpts, Driver, DriverError, IoContext, IoError, Result};
+use graphdriver::{IoError, Result};
 
-use crate::common::{
-    Counts, blocking, list_ids, make_root, publish_staged, reject_storage_opts, remove_via_trash, unique,
-};
+use crate::common::make_root;
+use crate::tree::{TreeBackend, TreeDriver};
 
 pub use check::{BTRFS_SUPER_MAGIC, HostInfo};
 pub use ioctl::FsInfo;
 
 const NAME: &str = "btrfs";
 
-/// The btrfs driver. See the module docs for the layout.
+/// The btrfs driver: the tree-driver core with subvolumes as layers.
+pub type Btrfs = TreeDriver<Subvolumes>;
+
+/// How btrfs makes a layer: a subvolume, a snapshot of the parent's.
 #[derive(Debug)]
-pub struct Btrfs {
-    home: PathBuf,
-    /// `get` counts per layer. Never held across I/O.
-    refs: Counts,
+pub struct Subvolumes {
     info: HostInfo,
 }
 
 impl Btrfs {
     /// Open (creating if needed) a btrfs store at `home`, which must be on
-    /// btrfs (else [`DriverError::Unsupported`], and nothing is created), and
-    /// destroy crash leftovers in `staging/` and `trash/`.
+    /// btrfs (else [`graphdriver::DriverError::Unsupported`], and nothing is
+    /// created), and destroy crash leftovers in `staging/` and `trash/`.
     pub fn new(home: impl Into<PathBuf>) -> Result<Btrfs> {
         let home = home.into();
         check::check(&home)?;
-        for sub in ["", "subvolumes", "staging", "trash", "tmp"] {
-            let p = home.join(sub);
-            fs::DirBuilder::new().recursive(true).mode(0o700).create(&p).ctx("create", &p)?;
-        }
-        for sub in ["staging", "trash"] {
-            let p = home.join(sub);
-            for entry in fs::read_dir(&p).ctx("read dir", &p)? {
-                let leftover = entry.ctx("read dir", &p)?.path();
-                tracing::info!(driver = NAME, path = %leftover.display(), "destroying crash leftover");
-                // Leftovers have unique names and block nothing; one that
-                // cannot go now (a mount inside it?) is retried next start.
-                if let Err(e) = subvol::destroy_tree(&leftover) {
-                    tracing::warn!(driver = NAME, error = %e, "cannot destroy crash leftover; retried at next start");
-                }
-            }
-        }
-        let info = check::probe(&home);
-        Ok(Btrfs { home, refs: Counts::default(), info })
-    }
-
-    fn subvolume(&self, id: &CacheId) -> PathBuf {
-        self.home.join("subvolumes").join(id.as_str())
-    }
-
-    /// The layer's subvolume, or `NotFound`.
-    async fn existing(&self, id: &CacheId) -> Result<PathBuf> {
-        let dir = self.subvolume(id);
-        match tokio::fs::symlink_metadata(&dir).await {
-            Ok(md) if subvol::is_subvolume(&md) => Ok(dir),
-            Ok(_) => Err(DriverError::NotFound(id.to_string())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(DriverError::NotFound(id.to_string())),
-            Err(e) => Err(IoError::new("stat", dir, e).into()),
-        }
-    }
-
-    async fn create_layer(&self, id: &CacheId, parent: Option<&CacheId>, opts: &CreateOpts) -> Result<()> {
-        check_opts(opts)?;
-        let home = self.home.clone();
-        let (id, parent) = (id.clone(), parent.cloned());
-        tracing::debug!(driver = NAME, %id, parent = ?parent.as_ref().map(CacheId::as_str), "create");
-        blocking(move || create_blocking(&home, &id, parent.as_ref())).await
+        TreeDriver::open(home, |home| Subvolumes { info: check::probe(home) })
     }
 }
 
-fn delete_tree(path: &Path) -> Result<()> {
-    Ok(subvol::destroy_tree(path)?)
-}
+impl TreeBackend for Subvolumes {
+    const NAME: &'static str = NAME;
+    const LAYERS: &'static str = "subvolumes";
+    const SIZE_WHY: &'static str = "the size option needs btrfs quota groups, which this driver does not implement";
 
-fn is_layer(path: &Path) -> Result<bool> {
-    Ok(subvol::exists(path)?)
-}
-
-fn check_opts(opts: &CreateOpts) -> Result<()> {
-    reject_storage_opts(NAME, opts, "the size option needs btrfs quota groups, which this driver does not implement")
-}
-
-fn create_blocking(home: &Path, id: &CacheId, parent: Option<&CacheId>) -> Result<()> {
-    let target = home.join("subvolumes").join(id.as_str());
-    if fs::symlink_metadata(&target).is_ok() {
-        return Err(DriverError::AlreadyExists(id.to_string()));
-    }
-    let src = match parent {
-        Some(p) => {
-            let src = home.join("subvolumes").join(p.as_str());
-            if !subvol::exists(&src)? {
-                return Err(DriverError::NotFound(p.to_string()));
-            }
-            Some(src)
-        }
-        None => None,
-    };
-    let stage = home.join("staging").join(unique(id));
-    let built = match &src {
-        Some(src) => subvol::snapshot(src, &stage),
-        None => subvol::create(&stage).and_then(|()| make_root(&stage)),
-    };
-    let res = built.map_err(DriverError::from).and_then(|()| publish_staged(&stage, &target, id));
-    if res.is_err()
-        && let Err(e) = subvol::destroy_tree(&stage)
-    {
-        tracing::warn!(driver = NAME, error = %e, "cannot clean up a failed create; destroyed at next start");
-    }
-    res
-}
-
-#[async_trait]
-impl Driver for Btrfs {
-    fn name(&self) -> &str {
-        NAME
+    fn is_layer(md: &fs::Metadata) -> bool {
+        subvol::is_subvolume(md)
     }
 
-    async fn create(&self, id: &CacheId, parent: Option<&CacheId>, opts: &CreateOpts) -> Result<()> {
-        self.create_layer(id, parent, opts).await
+    fn make_empty(stage: &Path) -> Result<(), IoError> {
+        subvol::create(stage)?;
+        make_root(stage)
     }
 
-    async fn create_rw(&self, id: &CacheId, parent: Option<&CacheId>, opts: &CreateOpts) -> Result<()> {
-        self.create_layer(id, parent, opts).await
+    fn make_child(src: &Path, stage: &Path) -> Result<(), IoError> {
+        subvol::snapshot(src, stage)
     }
 
-    async fn remove(&self, id: &CacheId) -> Result<()> {
-        let dir = self.existing(id).await?;
-        let trash = self.home.join("trash").join(unique(id));
-        remove_via_trash(NAME, id, dir, trash, delete_tree).await?;
-        self.refs.forget(id);
-        Ok(())
+    fn destroy(path: &Path) -> Result<(), IoError> {
+        subvol::destroy_tree(path)
     }
 
-    async fn get(&self, id: &CacheId, _mount_label: &str) -> Result<PathBuf> {
-        let dir = self.existing(id).await?;
-        self.refs.take(id);
-        Ok(dir)
-    }
-
-    async fn put(&self, id: &CacheId) -> Result<()> {
-        self.existing(id).await?;
-        self.refs.release(id);
-        Ok(())
-    }
-
-    async fn exists(&self, id: &CacheId) -> bool {
-        self.existing(id).await.is_ok()
-    }
-
-    async fn status(&self) -> Vec<(String, String)> {
+    fn status(&self) -> Vec<(String, String)> {
         self.info.status()
     }
 
-    async fn metadata(&self, id: &CacheId) -> Result<BTreeMap<String, String>> {
-        let dir = self.existing(id).await?;
-        let d = dir.clone();
-        let subvolume_id = blocking(move || Ok(subvol::id(&d)?)).await?;
-        let refs = self.refs.count(id);
-        Ok(BTreeMap::from([
-            ("dir".to_string(), dir.display().to_string()),
-            ("subvolume_id".to_string(), subvolume_id.to_string()),
-            ("refs".to_string(), refs.to_string()),
-        ]))
-    }
-
-    /// Nothing to undo: the driver never mounts anything (see the module docs).
-    async fn cleanup(&self) -> Result<()> {
-        Ok(())
-    }
-
-    async fn ids(&self) -> Result<Vec<CacheId>> {
-        list_ids(NAME, self.home.join("subvolumes"), is_layer).await
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities { native_diff: false, diff_getter: true }
-    }
-
-    async fn diff_getter(&self, id: &CacheId) -> Result<Option<PathBuf>> {
-        Ok(Some(self.existing(id).await?))
-    }
-
-    fn scratch_dir(&self) -> PathBuf {
-        self.home.join("tmp")
+    fn metadata(dir: &Path) -> Result<BTreeMap<String, String>, IoError> {
+        Ok(BTreeMap::from([("subvolume_id".to_string(), subvol::id(dir)?.to_string())]))
     }
 }
 
@@ -231,10 +101,13 @@ mod tests {
     use std::process::Command;
     use std::sync::Arc;
 
+    use std::io;
+
     use graphdriver::archive::{changes_dirs, export_changes};
-    use graphdriver::{Change, ChangeKind, ErrorKind};
+    use graphdriver::{CacheId, Change, ChangeKind, CreateOpts, Driver, DriverError, ErrorKind};
 
     use super::*;
+    use crate::common::unique;
     use crate::testing::BtrfsLoop;
 
     /// A driver on a fresh loop-mounted btrfs. Fields drop in order: the

@@ -20,15 +20,6 @@ pub fn is_subvolume(md: &fs::Metadata) -> bool {
     md.is_dir() && md.ino() == ioctl::FIRST_FREE_OBJECTID
 }
 
-/// Whether `path` is an existing subvolume root (not following symlinks).
-pub fn exists(path: &Path) -> Result<bool, IoError> {
-    match fs::symlink_metadata(path) {
-        Ok(md) => Ok(is_subvolume(&md)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(IoError::new("stat", path, e)),
-    }
-}
-
 fn open_dir(path: &Path) -> io::Result<File> {
     OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW).open(path)
 }

@@ -14,30 +14,25 @@
 mod check;
 mod copy;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use async_trait::async_trait;
-use graphdriver::{CacheId, Capabilities, CreateOpts, Driver, DriverError, IoContext, IoError, Result};
+use graphdriver::{IoContext, IoError, Result};
 
-use crate::common::{
-    Counts, blocking, list_ids, make_root, publish_staged, reject_storage_opts, remove_via_trash, unique,
-};
+use crate::common::make_root;
+use crate::tree::{TreeBackend, TreeDriver};
 
 pub use check::HostInfo;
 pub use copy::{CopyStats, copy_tree};
 
-const NAME: &str = "vfs";
+/// The vfs driver: the tree-driver core with copies as layers.
+pub type Vfs = TreeDriver<VfsTrees>;
 
-/// The vfs driver. See the module docs for the layout.
+/// How vfs makes a layer: a plain directory, a full copy of the parent.
 #[derive(Debug)]
-pub struct Vfs {
-    home: PathBuf,
-    /// `get` counts per layer. Never held across I/O.
-    refs: Counts,
+pub struct VfsTrees {
     info: HostInfo,
 }
 
@@ -45,178 +40,55 @@ impl Vfs {
     /// Open (creating if needed) a vfs store at `home`, clearing crash
     /// leftovers from `staging/` and `trash/`.
     pub fn new(home: impl Into<PathBuf>) -> Result<Vfs> {
-        let home = home.into();
-        for sub in ["", "dir", "staging", "trash", "tmp"] {
-            let p = home.join(sub);
-            fs::DirBuilder::new().recursive(true).mode(0o700).create(&p).ctx("create", &p)?;
-        }
-        for sub in ["staging", "trash"] {
-            let p = home.join(sub);
-            for entry in fs::read_dir(&p).ctx("read dir", &p)? {
-                let leftover = entry.ctx("read dir", &p)?.path();
-                tracing::info!(driver = NAME, path = %leftover.display(), "removing crash leftover");
-                remove_path(&leftover)?;
-            }
-        }
-        let info = check::probe(&home, &home.join("tmp"));
-        Ok(Vfs { home, refs: Counts::default(), info })
-    }
-
-    fn layer_dir(&self, id: &CacheId) -> PathBuf {
-        self.home.join("dir").join(id.as_str())
-    }
-
-    /// The layer dir, or `NotFound`.
-    async fn existing(&self, id: &CacheId) -> Result<PathBuf> {
-        let dir = self.layer_dir(id);
-        match tokio::fs::symlink_metadata(&dir).await {
-            Ok(md) if md.is_dir() => Ok(dir),
-            Ok(_) => Err(DriverError::NotFound(id.to_string())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(DriverError::NotFound(id.to_string())),
-            Err(e) => Err(IoError::new("stat", dir, e).into()),
-        }
-    }
-
-    async fn create_layer(&self, id: &CacheId, parent: Option<&CacheId>, opts: &CreateOpts) -> Result<()> {
-        check_opts(opts)?;
-        let home = self.home.clone();
-        let (id, parent) = (id.clone(), parent.cloned());
-        tracing::debug!(driver = NAME, %id, parent = ?parent.as_ref().map(CacheId::as_str), "create");
-        blocking(move || create_blocking(&home, &id, parent.as_ref())).await
+        TreeDriver::open(home.into(), |home| VfsTrees { info: check::probe(home, &home.join("tmp")) })
     }
 }
 
-fn check_opts(opts: &CreateOpts) -> Result<()> {
-    reject_storage_opts(NAME, opts, "the size option needs project quotas, which vfs does not implement")
-}
+impl TreeBackend for VfsTrees {
+    const NAME: &'static str = "vfs";
+    const LAYERS: &'static str = "dir";
+    const SIZE_WHY: &'static str = "the size option needs project quotas, which vfs does not implement";
 
-fn create_blocking(home: &Path, id: &CacheId, parent: Option<&CacheId>) -> Result<()> {
-    let target = home.join("dir").join(id.as_str());
-    if fs::symlink_metadata(&target).is_ok() {
-        return Err(DriverError::AlreadyExists(id.to_string()));
-    }
-    let src = match parent {
-        Some(p) => {
-            let src = home.join("dir").join(p.as_str());
-            if !fs::symlink_metadata(&src).map(|m| m.is_dir()).unwrap_or(false) {
-                return Err(DriverError::NotFound(p.to_string()));
-            }
-            Some(src)
-        }
-        None => None,
-    };
-    let stage = home.join("staging").join(unique(id));
-    fs::DirBuilder::new().mode(0o700).create(&stage).ctx("create", &stage)?;
-    let built = match &src {
-        Some(src) => copy::copy_tree(src, &stage).map(|stats| {
-            tracing::debug!(driver = NAME, %id, ?stats, "copied parent");
-        }),
-        None => make_root(&stage),
-    };
-    let res = built.map_err(DriverError::from).and_then(|()| publish_staged(&stage, &target, id));
-    if res.is_err()
-        && let Err(e) = remove_path(&stage)
-    {
-        tracing::warn!(driver = NAME, error = %e, "cannot clean up a failed create; removed at next start");
-    }
-    res
-}
-
-fn delete_tree(path: &Path) -> Result<()> {
-    Ok(remove_path(path)?)
-}
-
-fn is_layer(path: &Path) -> Result<bool> {
-    Ok(fs::symlink_metadata(path).map(|m| m.is_dir()).unwrap_or(false))
-}
-
-fn remove_path(path: &Path) -> Result<(), IoError> {
-    match fs::symlink_metadata(path) {
-        Ok(md) if md.is_dir() => fs::remove_dir_all(path).ctx("remove", path),
-        Ok(_) => fs::remove_file(path).ctx("remove", path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(IoError::new("stat", path, e)),
-    }
-}
-
-#[async_trait]
-impl Driver for Vfs {
-    fn name(&self) -> &str {
-        NAME
+    fn is_layer(md: &fs::Metadata) -> bool {
+        md.is_dir()
     }
 
-    async fn create(&self, id: &CacheId, parent: Option<&CacheId>, opts: &CreateOpts) -> Result<()> {
-        self.create_layer(id, parent, opts).await
+    fn make_empty(stage: &Path) -> Result<(), IoError> {
+        fs::DirBuilder::new().mode(0o700).create(stage).ctx("create", stage)?;
+        make_root(stage)
     }
 
-    async fn create_rw(&self, id: &CacheId, parent: Option<&CacheId>, opts: &CreateOpts) -> Result<()> {
-        self.create_layer(id, parent, opts).await
-    }
-
-    async fn remove(&self, id: &CacheId) -> Result<()> {
-        let dir = self.existing(id).await?;
-        let trash = self.home.join("trash").join(unique(id));
-        remove_via_trash(NAME, id, dir, trash, delete_tree).await?;
-        self.refs.forget(id);
+    fn make_child(src: &Path, stage: &Path) -> Result<(), IoError> {
+        fs::DirBuilder::new().mode(0o700).create(stage).ctx("create", stage)?;
+        let stats = copy::copy_tree(src, stage)?;
+        tracing::debug!(driver = Self::NAME, stage = %stage.display(), ?stats, "copied parent");
         Ok(())
     }
 
-    async fn get(&self, id: &CacheId, _mount_label: &str) -> Result<PathBuf> {
-        let dir = self.existing(id).await?;
-        self.refs.take(id);
-        Ok(dir)
+    fn destroy(path: &Path) -> Result<(), IoError> {
+        match fs::symlink_metadata(path) {
+            Ok(md) if md.is_dir() => fs::remove_dir_all(path).ctx("remove", path),
+            Ok(_) => fs::remove_file(path).ctx("remove", path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(IoError::new("stat", path, e)),
+        }
     }
 
-    async fn put(&self, id: &CacheId) -> Result<()> {
-        self.existing(id).await?;
-        self.refs.release(id);
-        Ok(())
-    }
-
-    async fn exists(&self, id: &CacheId) -> bool {
-        self.existing(id).await.is_ok()
-    }
-
-    async fn status(&self) -> Vec<(String, String)> {
+    fn status(&self) -> Vec<(String, String)> {
         vec![
             ("Backing Filesystem".into(), self.info.backing_fs.clone()),
             ("Reflink".into(), self.info.reflink.to_string()),
         ]
     }
-
-    async fn metadata(&self, id: &CacheId) -> Result<BTreeMap<String, String>> {
-        let dir = self.existing(id).await?;
-        let refs = self.refs.count(id);
-        Ok(BTreeMap::from([("dir".to_string(), dir.display().to_string()), ("refs".to_string(), refs.to_string())]))
-    }
-
-    async fn cleanup(&self) -> Result<()> {
-        Ok(())
-    }
-
-    async fn ids(&self) -> Result<Vec<CacheId>> {
-        list_ids(NAME, self.home.join("dir"), is_layer).await
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities { native_diff: false, diff_getter: true }
-    }
-
-    async fn diff_getter(&self, id: &CacheId) -> Result<Option<PathBuf>> {
-        Ok(Some(self.existing(id).await?))
-    }
-
-    fn scratch_dir(&self) -> PathBuf {
-        self.home.join("tmp")
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::os::unix::fs::MetadataExt;
 
     use graphdriver::archive::{changes_dirs, export_changes};
-    use graphdriver::{Change, ChangeKind, ErrorKind};
+    use graphdriver::{CacheId, Change, ChangeKind, CreateOpts, Driver, ErrorKind};
 
     use super::copy::tests::{dump, rich_tree};
     use super::*;
