@@ -1193,7 +1193,7 @@ fn conformance_verb_runs_the_suite_and_ends_with_the_summary_line() {
     assert_eq!(mounts_under(dir.path()), Vec::<String>::new());
     let out = ctl_with("unix:///nonexistent", &["conformance", "--driver", "zfs"], None);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not available"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown driver \"zfs\""));
 }
 
 /// The default `--driver auto`: a fresh root gets overlay on this host; a

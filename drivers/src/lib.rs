@@ -8,9 +8,12 @@
 pub mod btrfs;
 mod common;
 pub mod fsmagic;
+pub mod kind;
 pub mod legacy;
 pub mod overlay;
 pub mod registry;
 pub mod testing;
 pub mod tree;
 pub mod vfs;
+
+pub use kind::DriverKind;

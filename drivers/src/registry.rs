@@ -11,29 +11,16 @@ use graphdriver::{Driver, DriverError, Result};
 
 use crate::legacy;
 
-/// The built-in drivers, in the order `layerd` documents them, by their
-/// on-disk (Docker's) names.
-pub const BUILTIN: &[&str] = &["vfs", "overlay2", "btrfs"];
-
-/// Other names a built-in driver answers to: `overlay` is the name earlier
-/// layerd versions used for overlay2.
-pub const ALIASES: &[(&str, &str)] = &[("overlay", "overlay2")];
-
-/// The order the automatic choice tries them in (dockerd's: overlay2 first;
-/// btrfs only works on a btrfs root, and says so; vfs always works).
-pub const PRIORITY: &[&str] = &["overlay2", "btrfs", "vfs"];
+use crate::kind::DriverKind;
 
 /// Docker drivers layerd does not implement. A root holding one of them is
 /// refused by the automatic choice rather than given a second driver.
 const FOREIGN: &[&str] = &["overlay", "aufs", "devicemapper", "zfs", "fuse-overlayfs", "windowsfilter"];
 
-/// The built-in driver `name` stands for (itself or through an alias).
+/// The built-in driver `name` stands for (itself or through an alias), by
+/// its Docker name ([`DriverKind::builtin`]).
 pub fn canonical(name: &str) -> Option<&'static str> {
-    BUILTIN
-        .iter()
-        .copied()
-        .find(|b| *b == name)
-        .or_else(|| ALIASES.iter().find(|(alias, _)| *alias == name).map(|(_, to)| *to))
+    DriverKind::builtin(name).and_then(|k| k.builtin_name())
 }
 
 /// Open the named built-in driver (or alias) with its home under `root`.
@@ -43,7 +30,7 @@ pub fn open(name: &str, root: &Path) -> Result<Arc<dyn Driver>> {
     let Some(name) = canonical(name) else {
         return Err(DriverError::Unsupported {
             driver: name.to_string(),
-            why: format!("no such driver; built in: {} (overlay is an alias of overlay2)", BUILTIN.join(", ")),
+            why: format!("no such driver; built in: {} (overlay is an alias of overlay2)", DriverKind::builtin_list()),
         });
     };
     if name == "overlay2" {
@@ -71,12 +58,12 @@ fn holds(root: &Path, name: &str) -> bool {
 
 /// Built-in drivers that already hold state under `root`.
 pub fn prior_drivers(root: &Path) -> Vec<&'static str> {
-    BUILTIN.iter().copied().filter(|name| holds(root, name)).collect()
+    DriverKind::BUILTIN.iter().filter_map(DriverKind::builtin_name).filter(|name| holds(root, name)).collect()
 }
 
 /// Choose a driver the way dockerd does: the one whose state is already in
 /// `root` (several, or a Docker driver layerd lacks: refuse, saying which);
-/// otherwise the first of [`PRIORITY`] this host supports. A driver tried
+/// otherwise the first of [`DriverKind::PRIORITY`] this host supports. A driver tried
 /// and passed over leaves no dirs behind, so the root never holds two
 /// drivers' dirs. Returns the name, the driver, and why the drivers tried
 /// before it were passed over.
@@ -101,7 +88,7 @@ pub fn select(root: &Path) -> Result<(&'static str, Arc<dyn Driver>, Vec<String>
         }
     }
     let mut passed = Vec::new();
-    for name in PRIORITY {
+    for name in DriverKind::PRIORITY.iter().filter_map(DriverKind::builtin_name) {
         let home = root.join(name);
         let existed = home.exists();
         match open(name, root) {
@@ -121,29 +108,29 @@ pub fn select(root: &Path) -> Result<(&'static str, Arc<dyn Driver>, Vec<String>
 /// Open the named built-in driver with its home exactly at `home` (a plugin
 /// server is told its home by dockerd's `Init`; no `<name>` is appended).
 pub fn open_in(name: &str, home: &Path) -> Result<Arc<dyn Driver>> {
-    match name {
-        "vfs" => Ok(Arc::new(crate::vfs::Vfs::new(home)?)),
-        "overlay" | "overlay2" => Ok(Arc::new(crate::overlay::Overlay::new(home)?)),
-        "btrfs" => Ok(Arc::new(crate::btrfs::Btrfs::new(home)?)),
-        other => Err(DriverError::Unsupported {
-            driver: other.to_string(),
-            why: format!("no such driver; built in: {}", BUILTIN.join(", ")),
+    match DriverKind::builtin(name) {
+        Some(DriverKind::Vfs) => Ok(Arc::new(crate::vfs::Vfs::new(home)?)),
+        Some(DriverKind::Overlay2) => Ok(Arc::new(crate::overlay::Overlay::new(home)?)),
+        Some(DriverKind::Btrfs) => Ok(Arc::new(crate::btrfs::Btrfs::new(home)?)),
+        _ => Err(DriverError::Unsupported {
+            driver: name.to_string(),
+            why: format!("no such driver; built in: {}", DriverKind::builtin_list()),
         }),
     }
 }
 
 /// The automatic choice for a driver whose home is `home` itself: the
 /// driver whose layout the home already holds (vfs `dir/`, btrfs
-/// `subvolumes/`, overlay `l/`), else the first of [`PRIORITY`] this host
+/// `subvolumes/`, overlay `l/`), else the first of [`DriverKind::PRIORITY`] this host
 /// supports. Returns the name and the driver.
 pub fn select_in(home: &Path) -> Result<(&'static str, Arc<dyn Driver>)> {
-    for (name, marker) in [("vfs", "dir"), ("btrfs", "subvolumes"), ("overlay", "l")] {
+    for (name, marker) in [("vfs", "dir"), ("btrfs", "subvolumes"), ("overlay2", "l")] {
         if home.join(marker).is_dir() {
             return open_in(name, home).map(|d| (name, d));
         }
     }
     let mut passed = Vec::new();
-    for name in PRIORITY {
+    for name in DriverKind::PRIORITY.iter().filter_map(DriverKind::builtin_name) {
         match open_in(name, home) {
             Ok(d) => return Ok((name, d)),
             Err(e @ DriverError::Unsupported { .. }) => passed.push(e.to_string()),

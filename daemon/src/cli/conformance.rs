@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use conformance::{Factory, Registry, run_suite_with};
+use drivers::DriverKind;
 use plugin::{ClientOptions, PluginDriver};
 
 use super::{CliError, CliResult};
@@ -20,20 +21,21 @@ pub async fn run(driver: &str, root: Option<PathBuf>, filter: Option<&str>) -> C
     if let Some(dir) = &root {
         std::fs::create_dir_all(dir).map_err(|e| CliError::Usage(format!("create --root {}: {e}", dir.display())))?;
     }
-    if let Some(name) = driver.strip_prefix("plugin:") {
-        if !plugin::discovery::valid_name(name) {
-            return Err(CliError::Usage(format!("invalid plugin name {name:?}: want [A-Za-z0-9_.-]+")));
+    let kind: DriverKind = driver.parse().map_err(CliError::Usage)?;
+    let name = match kind {
+        DriverKind::Plugin(name) => {
+            let factory = ThroughPlugin { name, parent: root };
+            return run_with(&factory, filter).await;
         }
-        let factory = ThroughPlugin { name: name.to_string(), parent: root };
-        return run_with(&factory, filter).await;
-    }
-    if drivers::registry::canonical(driver).is_none() {
-        return Err(CliError::Usage(format!(
-            "driver {driver} is not available (built in: {}, or plugin:NAME)",
-            drivers::registry::BUILTIN.join(", ")
-        )));
-    }
-    let mut factory = Registry::new(driver);
+        DriverKind::Auto => {
+            return Err(CliError::Usage(format!(
+                "the suite runs one named driver: {} or plugin:NAME",
+                DriverKind::builtin_list()
+            )));
+        }
+        builtin => builtin.to_string(),
+    };
+    let mut factory = Registry::new(name);
     if let Some(dir) = root {
         factory = factory.in_dir(dir);
     }

@@ -161,7 +161,7 @@ mod tests {
         let f = file.to_str().unwrap();
         let c = load(&["--config", f], &none).unwrap();
         assert_eq!(c.root, PathBuf::from("/data/layers"));
-        assert_eq!(c.driver, DriverSpec::Overlay);
+        assert_eq!(c.driver, DriverSpec::Overlay2);
         assert_eq!(c.socket, dir.path().join("run/l.sock"), "relative to the file's directory");
         assert_eq!(c.listen.as_deref(), Some("tcp://127.0.0.1:2375"));
         assert_eq!(c.token_file, Some(PathBuf::from("/etc/layerd/token")));

@@ -75,7 +75,7 @@ pub fn opener(spec: &DriverSpec) -> anyhow::Result<plugin::Opener> {
     let kind = match spec {
         DriverSpec::Auto => None,
         DriverSpec::Vfs => Some("vfs"),
-        DriverSpec::Overlay => Some("overlay2"),
+        DriverSpec::Overlay2 => Some("overlay2"),
         DriverSpec::Btrfs => Some("btrfs"),
         DriverSpec::Plugin(_) => bail!("a plugin cannot serve another plugin; choose auto, vfs, overlay or btrfs"),
     };

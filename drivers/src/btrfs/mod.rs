@@ -378,7 +378,7 @@ mod tests {
     #[tokio::test]
     async fn registry_opens_btrfs() {
         let lo = BtrfsLoop::new(128).unwrap();
-        assert!(crate::registry::BUILTIN.contains(&"btrfs"));
+        assert!(crate::DriverKind::BUILTIN.contains(&crate::DriverKind::Btrfs));
         let d = crate::registry::open("btrfs", lo.path()).unwrap();
         assert_eq!(d.name(), "btrfs");
         let id = CacheId::random();
