@@ -13,6 +13,14 @@ use std::sync::{Mutex, PoisonError};
 use graphdriver::{CacheId, CreateOpts, DriverError, IoContext, IoError, Result};
 use rustix::fs::RenameFlags;
 
+/// The one shape of every driver's host probe (`check.rs`): the facts
+/// about a home that decide whether the driver runs there and what
+/// `status()` shows. `home` exists, with its scratch dir `home/tmp`; a host
+/// the driver cannot run on is [`DriverError::Unsupported`], saying why.
+pub trait HostProbe: Sized {
+    fn probe(home: &Path) -> Result<Self>;
+}
+
 /// Run blocking filesystem work on tokio's blocking pool.
 pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| DriverError::Other(format!("blocking task failed: {e}")))?

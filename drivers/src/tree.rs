@@ -70,7 +70,7 @@ impl<B: TreeBackend> TreeDriver<B> {
     /// crash leftovers in `staging/` and `trash/`, then make the backend
     /// (which may probe the dirs). A backend that must refuse a host checks
     /// before calling this, so a refused home gets no dirs.
-    pub fn open(home: PathBuf, backend: impl FnOnce(&Path) -> B) -> Result<Self> {
+    pub fn open(home: PathBuf, backend: impl FnOnce(&Path) -> Result<B>) -> Result<Self> {
         for sub in ["", B::LAYERS, "staging", "trash", "tmp"] {
             let p = home.join(sub);
             fs::DirBuilder::new().recursive(true).mode(0o700).create(&p).ctx("create", &p)?;
@@ -87,7 +87,7 @@ impl<B: TreeBackend> TreeDriver<B> {
                 }
             }
         }
-        let backend = backend(&home);
+        let backend = backend(&home)?;
         Ok(TreeDriver { home, refs: Counts::default(), backend })
     }
 

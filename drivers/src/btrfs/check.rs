@@ -51,7 +51,16 @@ pub struct HostInfo {
     pub fs: Option<ioctl::FsInfo>,
 }
 
-pub fn probe(home: &Path) -> HostInfo {
+impl crate::common::HostProbe for HostInfo {
+    /// Refuses a home not on btrfs (as [`check`] does before anything is
+    /// created), then gathers the `status()` facts.
+    fn probe(home: &Path) -> Result<HostInfo> {
+        check(home)?;
+        Ok(probe(home))
+    }
+}
+
+fn probe(home: &Path) -> HostInfo {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into());

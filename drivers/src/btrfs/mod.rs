@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 
 use graphdriver::{IoError, Result};
 
-use crate::common::make_root;
+use crate::common::{HostProbe, make_root};
 use crate::tree::{TreeBackend, TreeDriver};
 
 pub use check::{BTRFS_SUPER_MAGIC, HostInfo};
@@ -59,7 +59,7 @@ impl Btrfs {
     pub fn new(home: impl Into<PathBuf>) -> Result<Btrfs> {
         let home = home.into();
         check::check(&home)?;
-        TreeDriver::open(home, |home| Subvolumes { info: check::probe(home) })
+        TreeDriver::open(home, |home| Ok(Subvolumes { info: HostInfo::probe(home)? }))
     }
 }
 

@@ -136,8 +136,17 @@ pub fn decide_native(f: &DiffFacts) -> Result<(), String> {
     Ok(())
 }
 
+impl crate::common::HostProbe for HostInfo {
+    /// Refuses (saying why) a host whose kernel, backing filesystem or test
+    /// mount cannot carry overlay.
+    fn probe(home: &Path) -> graphdriver::Result<HostInfo> {
+        probe(home, &home.join("tmp"))
+            .map_err(|why| graphdriver::DriverError::Unsupported { driver: super::NAME.into(), why })
+    }
+}
+
 /// Probe the host for a driver at `home`, with scratch space `tmp` (below home).
-pub fn probe(home: &Path, tmp: &Path) -> Result<HostInfo, String> {
+fn probe(home: &Path, tmp: &Path) -> Result<HostInfo, String> {
     let listed = fs::read_to_string("/proc/filesystems").map(|s| s.lines().any(|l| l.ends_with("\toverlay")));
     let backing_magic = match rustix::fs::statfs(home) {
         // `f_type`'s width differs between architectures.

@@ -44,6 +44,8 @@ use graphdriver::{
 };
 
 pub use check::HostInfo;
+
+use crate::common::HostProbe;
 use family::{Family, Removal};
 use layout::Layout;
 
@@ -95,8 +97,7 @@ impl Overlay {
         }
         family::retarget_links(&layout)?;
         layout::recover(&layout)?;
-        let info = check::probe(&layout.home, &layout.tmp())
-            .map_err(|why| DriverError::Unsupported { driver: NAME.into(), why })?;
+        let info = HostInfo::probe(&layout.home)?;
         if let Err(why) = &info.native_diff {
             tracing::warn!(driver = NAME, why, "native diff is off; diffs compare mounted trees");
         }

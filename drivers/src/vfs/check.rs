@@ -13,7 +13,14 @@ pub struct HostInfo {
     pub reflink: bool,
 }
 
-pub fn probe(home: &Path, scratch: &Path) -> HostInfo {
+impl crate::common::HostProbe for HostInfo {
+    /// vfs runs on any filesystem: this never refuses.
+    fn probe(home: &Path) -> graphdriver::Result<HostInfo> {
+        Ok(probe(home, &home.join("tmp")))
+    }
+}
+
+fn probe(home: &Path, scratch: &Path) -> HostInfo {
     let backing_fs = match rustix::fs::statfs(home) {
         // `f_type`'s width differs between architectures.
         #[allow(clippy::unnecessary_cast)]

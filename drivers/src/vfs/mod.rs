@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use graphdriver::{IoContext, IoError, Result};
 
-use crate::common::make_root;
+use crate::common::{HostProbe, make_root};
 use crate::tree::{TreeBackend, TreeDriver};
 
 pub use check::HostInfo;
@@ -40,7 +40,7 @@ impl Vfs {
     /// Open (creating if needed) a vfs store at `home`, clearing crash
     /// leftovers from `staging/` and `trash/`.
     pub fn new(home: impl Into<PathBuf>) -> Result<Vfs> {
-        TreeDriver::open(home.into(), |home| VfsTrees { info: check::probe(home, &home.join("tmp")) })
+        TreeDriver::open(home.into(), |home| Ok(VfsTrees { info: HostInfo::probe(home)? }))
     }
 }
 
