@@ -1,9 +1,10 @@
 //! `apply_tar`: extract a hostile tar into a directory.
 //!
-//! The `tar` crate parses (default settings, like the tar-split recorder);
-//! every filesystem operation is ours and relative to a directory fd reached
-//! component by component with `O_NOFOLLOW`, so an entry can never write
-//! through a symlink, and `..`/absolute names are refused before any lookup.
+//! The workspace's one tar reader (`reader.rs`, Go's rules) parses — the
+//! tar-split recorder reads the same bytes through it; every filesystem
+//! operation is ours and relative to a directory fd reached component by
+//! component with `O_NOFOLLOW`, so an entry can never write through a
+//! symlink, and names that climb above the root are refused before any lookup.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -15,13 +16,13 @@ use std::path::Path;
 
 use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timestamps, Uid, XattrFlags};
 use rustix::io::Errno;
-use tar::EntryType;
 
 use super::fs::{open_dir_at, proc_path, remove_all_at};
 use super::header::{
-    Kind, Meta, Pax, Rel, check_symlink, invalid, meta, parse_path, read_pax, show, shown_lossy, tar_err,
+    Kind, Meta, Pax, Rel, check_symlink, invalid, meta, parse_path, pax_of, read_err, show, shown_lossy,
 };
-use super::sparse::{self, Layout};
+use super::reader::{Member, Reader};
+use super::sparse;
 use super::whiteout::{self, WHITEOUT_META_PREFIX, Whiteout};
 use super::{ApplyOptions, WHITEOUT_OPAQUE, WhiteoutFormat};
 use crate::error::{ArchiveError, IoContext, IoError};
@@ -31,12 +32,9 @@ pub(super) fn apply(dir: &Path, tar: &mut dyn Read, opts: &ApplyOptions) -> Resu
     let root = rustix::fs::open(dir, flags, Mode::empty()).map_err(io::Error::from).ctx("open", dir)?;
     let mut ap =
         Applier { dir, root, format: opts.whiteouts, unpacked: HashSet::new(), dirs: HashMap::new(), written: 0 };
-    let (tap, taps) = super::pax::Tap::new(tar);
-    let mut archive = tar::Archive::new(tap);
-    for entry in archive.entries().map_err(tar_err(dir))? {
-        let mut entry = entry.map_err(tar_err(dir))?;
-        let ext = taps.member(&entry);
-        ap.entry(&mut entry, ext)?;
+    let mut rd = Reader::new(tar);
+    while let Some(m) = rd.next_member().map_err(read_err(dir))? {
+        ap.entry(&m, &mut rd)?;
     }
     ap.finish_dirs()?;
     Ok(ap.written)
@@ -62,33 +60,20 @@ impl Applier<'_> {
         move |e| ArchiveError::Io(IoError::new(op, self.dir.join(OsStr::from_bytes(&rel.join(&b'/'))), e))
     }
 
-    fn entry<R: Read>(
-        &mut self,
-        e: &mut tar::Entry<'_, R>,
-        ext: Option<super::pax::MemberExt>,
-    ) -> Result<(), ArchiveError> {
-        let ty = e.header().entry_type();
-        if ty.is_pax_global_extensions() {
+    fn entry<R: Read>(&mut self, m: &Member, rd: &mut Reader<R>) -> Result<(), ArchiveError> {
+        let ty = m.typeflag;
+        if ty == b'g' {
             return Ok(());
         }
-        let mut pax = read_pax(e, ext.as_ref().map(|x| x.records.clone()), self.dir)?;
-        pax.link = match &ext {
-            Some(x) => x.link(e),
-            None => e.link_name_bytes().map(|c| c.into_owned()),
-        };
-        let raw = match (&pax.sparse.name, pax.sparse.is_sparse()) {
-            (Some(name), true) => name.clone(),
-            _ => match &ext {
-                Some(x) => x.path(e),
-                None => e.path_bytes().into_owned(),
-            },
-        };
-        let rel = parse_path(&raw, "path")?;
+        let pax = pax_of(m)?;
+        let raw = &m.name;
+        let rel = parse_path(raw, "path")?;
         let shown = show(&rel);
-        let kind = Kind::of(ty).ok_or_else(|| invalid(format!("{shown}: unsupported entry type {ty:?}")))?;
+        let kind =
+            Kind::of(ty).ok_or_else(|| invalid(format!("{shown}: unsupported entry type {:?}", char::from(ty))))?;
         // A regular file counts its logical size where it is written; every
         // other member (whiteouts and skipped AUFS metadata too) its header's.
-        let header_size = e.size();
+        let header_size = u64::try_from(m.size).unwrap_or(0);
         if kind != Kind::File {
             self.written += header_size;
         }
@@ -96,35 +81,35 @@ impl Applier<'_> {
             if kind != Kind::Dir {
                 return Err(invalid(format!(
                     "entry {:?} names the layer root but is not a directory",
-                    String::from_utf8_lossy(&raw)
+                    String::from_utf8_lossy(raw)
                 )));
             }
-            let meta = meta(e.header(), &pax, &shown)?;
+            let meta = meta(m, &pax, &shown)?;
             let fd = self.root.try_clone().map_err(self.io("dup fd of", &rel))?;
             return self.set_dir_meta(fd, rel, meta);
         }
+        // Whiteout markers are empty regular files: one with a body could
+        // not be exported again (nothing on disk holds the body).
+        let plain_empty = kind == Kind::File && m.sparse.is_none() && m.size == 0;
         if rel[0].starts_with(WHITEOUT_META_PREFIX.as_bytes()) {
             // AUFS metadata (`.wh..wh.plnk`, ...) and an opaque marker at the
             // root are skipped, as moby does; a malformed marker is still refused.
-            if rel.len() == 1
-                && rel[0] == WHITEOUT_OPAQUE.as_bytes()
-                && !(kind == Kind::File && ty != EntryType::GNUSparse)
-            {
-                return Err(invalid(format!("{shown}: whiteout entry is not a regular file")));
+            if rel.len() == 1 && rel[0] == WHITEOUT_OPAQUE.as_bytes() && !plain_empty {
+                return Err(invalid(format!("{shown}: whiteout entry is not an empty regular file")));
+            }
+            if m.data_len > 0 || (kind == Kind::File && m.size != 0) {
+                return Err(invalid(format!("{shown}: AUFS metadata entry carries data")));
             }
             self.written += header_size;
             return Ok(());
         }
         let (parent, base) = rel.split_at(rel.len() - 1);
         let wh = whiteout::classify(&base[0]).map_err(|m| invalid(format!("{shown}: {m}")))?;
-        if wh != Whiteout::None && !(kind == Kind::File && ty != EntryType::GNUSparse) {
-            return Err(invalid(format!("{shown}: whiteout entry is not a regular file")));
-        }
-        if wh != Whiteout::None {
-            self.written += header_size;
+        if wh != Whiteout::None && !plain_empty {
+            return Err(invalid(format!("{shown}: whiteout entry is not an empty regular file")));
         }
         match wh {
-            Whiteout::None => self.write(e, ty, kind, &rel, pax),
+            Whiteout::None => self.write(m, rd, kind, &rel, pax),
             Whiteout::Meta => Err(invalid(format!("{shown}: AUFS metadata entry outside the layer root"))),
             Whiteout::Opaque => self.opaque(parent, &shown),
             Whiteout::Remove(name) => self.whiteout(parent, name, &shown),
@@ -175,8 +160,8 @@ impl Applier<'_> {
 
     fn write<R: Read>(
         &mut self,
-        e: &mut tar::Entry<'_, R>,
-        ty: EntryType,
+        m: &Member,
+        rd: &mut Reader<R>,
         kind: Kind,
         rel: &[Vec<u8>],
         pax: Pax,
@@ -184,7 +169,7 @@ impl Applier<'_> {
         let shown = show(rel);
         let (parent, base) = rel.split_at(rel.len() - 1);
         let name = OsStr::from_bytes(&base[0]);
-        let meta = meta(e.header(), &pax, &shown)?;
+        let meta = meta(m, &pax, &shown)?;
         let pfd = self.must_open_dir(parent, &shown)?;
 
         // Replace whatever is there, except that a directory stays a directory.
@@ -216,7 +201,7 @@ impl Applier<'_> {
                 let fd = open_dir_at(pfd.as_fd(), name).map_err(self.io("open", rel))?;
                 self.set_dir_meta(fd, rel.to_vec(), meta)?;
             }
-            Kind::File => self.file(e, ty, &pfd, name, rel, &pax, meta)?,
+            Kind::File => self.file(m, rd, &pfd, name, rel, meta)?,
             Kind::Symlink => {
                 let target = pax.link.clone().ok_or_else(|| invalid(format!("{shown}: symlink without a target")))?;
                 check_symlink(parent.len(), &target).map_err(|m| invalid(format!("{shown}: {m}")))?;
@@ -230,9 +215,10 @@ impl Applier<'_> {
                 let (ft, dev) = match kind {
                     Kind::Fifo => (FileType::Fifo, 0),
                     _ => {
-                        let bad = |err: io::Error| invalid(format!("{shown}: bad device number: {err}"));
-                        let major = e.header().device_major().map_err(bad)?.unwrap_or(0);
-                        let minor = e.header().device_minor().map_err(bad)?.unwrap_or(0);
+                        let dev = |v: i64| {
+                            u32::try_from(v).map_err(|_| invalid(format!("{shown}: device number {v} out of range")))
+                        };
+                        let (major, minor) = (dev(m.devmajor)?, dev(m.devminor)?);
                         let ft = if kind == Kind::Char { FileType::CharacterDevice } else { FileType::BlockDevice };
                         (ft, rustix::fs::makedev(major, minor))
                     }
@@ -247,15 +233,13 @@ impl Applier<'_> {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn file<R: Read>(
         &mut self,
-        e: &mut tar::Entry<'_, R>,
-        ty: EntryType,
+        m: &Member,
+        rd: &mut Reader<R>,
         pfd: &OwnedFd,
         name: &OsStr,
         rel: &[Vec<u8>],
-        pax: &Pax,
         meta: Meta,
     ) -> Result<(), ArchiveError> {
         let shown = show(rel);
@@ -264,33 +248,29 @@ impl Applier<'_> {
             .map_err(io::Error::from)
             .map_err(self.io("create", rel))?;
         let mut file = File::from(fd);
-        let avail = e.size();
+        let avail = m.data_len;
         let truncated = || invalid(format!("{shown}: tar is truncated inside the file data"));
-        let too_big = |err: io::Error| match err.raw_os_error() {
-            Some(libc::EFBIG) => invalid(format!("{shown}: file size exceeds what the filesystem can hold")),
+        let write_err = |err: io::Error| match err.raw_os_error() {
+            // EINVAL: a seek past the largest offset the filesystem allows.
+            Some(libc::EFBIG | libc::EINVAL) => {
+                invalid(format!("{shown}: file size exceeds what the filesystem can hold"))
+            }
+            Some(_) => self.io("write", rel)(err),
+            _ if err.kind() == io::ErrorKind::UnexpectedEof => truncated(),
+            _ if matches!(err.kind(), io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput) => {
+                invalid(format!("{shown}: read tar stream: {err}"))
+            }
             _ => self.io("write", rel)(err),
         };
-        let size = if pax.sparse.is_sparse() {
-            let (size, layout) = pax.sparse.layout().map_err(|m| invalid(format!("{shown}: {m}")))?;
-            let (map, used) = match layout {
-                Layout::Known(map) => (map, 0),
-                Layout::InData => sparse::read_map_1_0(e, avail).map_err(|m| invalid(format!("{shown}: {m}")))?,
-            };
-            sparse::check_map(&map, size, avail - used).map_err(|m| invalid(format!("{shown}: {m}")))?;
-            if !sparse::write_chunks(&mut file, e, &map, size).map_err(too_big)? {
+        let size = if let Some(map) = &m.sparse {
+            let size = u64::try_from(m.size).unwrap_or(0);
+            sparse::check_map(map, size, avail).map_err(|why| invalid(format!("{shown}: {why}")))?;
+            if !sparse::write_chunks(&mut file, rd, map, size).map_err(write_err)? {
                 return Err(truncated());
             }
             size
-        } else if ty == EntryType::GNUSparse {
-            if avail > sparse::MAX_GNU_SPARSE_SIZE {
-                return Err(invalid(format!("{shown}: sparse file of {avail} bytes is too large")));
-            }
-            if sparse::write_holey(&mut file, e, avail).map_err(too_big)? != avail {
-                return Err(truncated());
-            }
-            avail
         } else {
-            let n = io::copy(&mut io::Read::take(&mut *e, avail), &mut file).map_err(self.io("write", rel))?;
+            let n = io::copy(&mut io::Read::take(&mut *rd, avail), &mut file).map_err(write_err)?;
             if n != avail {
                 return Err(truncated());
             }
@@ -430,6 +410,7 @@ mod tests {
     use super::super::testutil::{dump, fix_cksum, header, pax, raw_tar};
     use super::*;
     use crate::archive::fs::list_xattrs;
+    use tar::EntryType;
 
     const REG: u8 = b'0';
     const LNK: u8 = b'1';
@@ -464,7 +445,6 @@ mod tests {
     #[test]
     fn hostile_tars_are_rejected_and_touch_nothing_outside() {
         let f = fixture();
-        let abs = format!("{}/pwned", f.sentinel.display());
         let sent = f.sentinel.display().to_string();
         let sent_file = format!("{sent}/file");
         let big = vec![b'x'; 1000];
@@ -476,14 +456,10 @@ mod tests {
         half_header.truncate(1024 + 100);
         let mut pax_dotdot = pax(&[("path", b"../pwned")]);
         pax_dotdot.extend(raw_tar(&[(b"innocent", REG, b"", b"x")]));
-        let mut pax_abs = pax(&[("path", abs.as_bytes())]);
-        pax_abs.extend(raw_tar(&[(b"innocent", REG, b"", b"x")]));
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("dotdot", raw_tar(&[(b"../pwned", REG, b"", b"x")])),
             ("inner dotdot", raw_tar(&[(b"a/../../pwned", REG, b"", b"x")])),
-            ("absolute", raw_tar(&[(abs.as_bytes(), REG, b"", b"x")])),
             ("pax dotdot", pax_dotdot),
-            ("pax absolute", pax_abs),
             ("write through symlink", raw_tar(&[(b"a", SYM, sent.as_bytes(), b""), (b"a/pwned", REG, b"", b"x")])),
             ("mkdir through symlink", raw_tar(&[(b"a", SYM, sent.as_bytes(), b""), (b"a/sub/pwned", REG, b"", b"x")])),
             ("relative symlink escape", raw_tar(&[(b"d/a", SYM, b"../../sentinel", b"")])),
@@ -523,6 +499,22 @@ mod tests {
                 assert_eq!(parent.len(), 2, "{what}: something written next to the layer");
             }
         }
+    }
+
+    /// Docker extracts `/etc/x` as `etc/x` (and `a/../b` as `b`): so do we.
+    #[test]
+    fn absolute_names_are_extracted_beneath_the_root() {
+        let f = fixture();
+        let abs = format!("{}/pwned", f.sentinel.display());
+        let mut t = pax(&[("path", abs.as_bytes())]);
+        t.extend(raw_tar(&[(b"innocent", REG, b"", b"x"), (b"/etc/x", REG, b"", b"y"), (b"a/../b", REG, b"", b"z")]));
+        remove(&f.layer, &t).unwrap();
+        let inside = f.layer.join(abs.trim_start_matches('/'));
+        assert_eq!(fs::read(inside).unwrap(), b"x");
+        assert_eq!(fs::read(f.layer.join("etc/x")).unwrap(), b"y");
+        assert_eq!(fs::read(f.layer.join("b")).unwrap(), b"z");
+        assert!(!f.layer.join("a").exists());
+        assert_eq!(names(&f.sentinel), ["file"]);
     }
 
     #[test]
@@ -812,7 +804,7 @@ mod tests {
         t.extend_from_slice(&[0u8; 1024]);
         let start = std::time::Instant::now();
         let err = remove(&f.layer, &t).unwrap_err();
-        assert!(err.to_string().contains("too large"), "{err}");
+        assert!(err.to_string().contains("exceeds what the filesystem can hold"), "{err}");
         assert!(start.elapsed() < std::time::Duration::from_secs(5));
     }
 
@@ -825,7 +817,7 @@ mod tests {
         data.extend_from_slice(&[1; 50]);
         t.extend(raw_tar(&[(b"GNUSparseFile.0/f", REG, b"", &data)]));
         let err = remove(&f.layer, &t).unwrap_err();
-        assert!(err.to_string().contains("past the file size"), "{err}");
+        assert!(err.to_string().contains("invalid sparse map"), "{err}");
         let _ = header;
         let _: BTreeMap<String, String> = dump(&f.layer);
         assert_eq!(fs::metadata(&f.layer).unwrap().permissions().mode() & 0o7777, 0o755);
