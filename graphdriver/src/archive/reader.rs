@@ -639,7 +639,8 @@ pub fn parse_pax(mut s: &[u8]) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, String> {
         let (k, v, rest) = parse_record(s).ok_or("malformed PAX record")?;
         s = rest;
         if k == b"GNU.sparse.offset" || k == b"GNU.sparse.numbytes" {
-            let want: &[u8] = if sparse.len().is_multiple_of(2) { b"GNU.sparse.offset" } else { b"GNU.sparse.numbytes" };
+            let want: &[u8] =
+                if sparse.len().is_multiple_of(2) { b"GNU.sparse.offset" } else { b"GNU.sparse.numbytes" };
             if k != want || v.contains(&b',') {
                 return Err("malformed PAX sparse 0.0 records".into());
             }
