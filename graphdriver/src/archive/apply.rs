@@ -6,7 +6,7 @@
 //! component with `O_NOFOLLOW`, so an entry can never write through a
 //! symlink, and names that climb above the root are refused before any lookup.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
@@ -19,8 +19,9 @@ use rustix::io::Errno;
 
 use super::fs::{open_dir_at, proc_path, remove_all_at};
 use super::header::{
-    Kind, Meta, Pax, Rel, check_symlink, invalid, meta, parse_path, pax_of, read_err, show, shown_lossy,
+    Kind, Meta, Pax, Rel, check_symlink, content_errno, invalid, meta, parse_path, pax_of, read_err, show, shown_lossy,
 };
+use super::pathset::{PathSet, ROOT};
 use super::reader::{Member, Reader};
 use super::sparse;
 use super::whiteout::{self, WHITEOUT_META_PREFIX, Whiteout};
@@ -31,7 +32,7 @@ pub(super) fn apply(dir: &Path, tar: &mut dyn Read, opts: &ApplyOptions) -> Resu
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let root = rustix::fs::open(dir, flags, Mode::empty()).map_err(io::Error::from).ctx("open", dir)?;
     let mut ap =
-        Applier { dir, root, format: opts.whiteouts, unpacked: HashSet::new(), dirs: HashMap::new(), written: 0 };
+        Applier { dir, root, format: opts.whiteouts, unpacked: PathSet::default(), dirs: HashMap::new(), written: 0 };
     let mut rd = Reader::new(tar);
     while let Some(m) = rd.next_member().map_err(read_err(dir))? {
         ap.entry(&m, &mut rd)?;
@@ -46,7 +47,7 @@ pub(super) struct Applier<'a> {
     pub(super) format: WhiteoutFormat,
     /// Paths written (or created as parents) by this tar: an opaque marker
     /// keeps these.
-    pub(super) unpacked: HashSet<Rel>,
+    pub(super) unpacked: PathSet,
     /// Directory mode and times, applied after every entry, deepest first.
     pub(super) dirs: HashMap<Rel, (u32, Timestamps)>,
     /// Docker's `UnpackLayer` size: the sum of every member's header size,
@@ -55,9 +56,13 @@ pub(super) struct Applier<'a> {
 }
 
 impl Applier<'_> {
-    /// Wrap an io error with its operation and the full path of `rel`.
+    /// Wrap an io error with its operation and the full path of `rel`; an
+    /// error the content caused is `InvalidTar` naming the member instead.
     pub(super) fn io<'s>(&'s self, op: &'static str, rel: &'s [Vec<u8>]) -> impl Fn(io::Error) -> ArchiveError + 's {
-        move |e| ArchiveError::Io(IoError::new(op, self.dir.join(OsStr::from_bytes(&rel.join(&b'/'))), e))
+        move |e| match e.raw_os_error() {
+            Some(code) if content_errno(op, code) => invalid(format!("{}: {op}: {e}", show(rel))),
+            _ => ArchiveError::Io(IoError::new(op, self.dir.join(OsStr::from_bytes(&rel.join(&b'/'))), e)),
+        }
     }
 
     fn entry<R: Read>(&mut self, m: &Member, rd: &mut Reader<R>) -> Result<(), ArchiveError> {
@@ -120,8 +125,12 @@ impl Applier<'_> {
     /// `create`. `None`: missing and not created.
     fn open_dir(&mut self, rel: &[Vec<u8>], create: bool, shown: &str) -> Result<Option<OwnedFd>, ArchiveError> {
         let mut fd = self.root.try_clone().map_err(self.io("dup fd of", &[]))?;
+        let mut node = ROOT;
         for (i, comp) in rel.iter().enumerate() {
             let name = OsStr::from_bytes(comp);
+            if create {
+                node = self.unpacked.child(node, comp);
+            }
             let next = match open_dir_at(fd.as_fd(), name) {
                 Ok(next) => next,
                 Err(err) => match err.raw_os_error() {
@@ -133,7 +142,7 @@ impl Applier<'_> {
                         rustix::fs::fchmod(&next, Mode::from_raw_mode(0o755))
                             .map_err(io::Error::from)
                             .map_err(self.io("chmod", &rel[..=i]))?;
-                        self.unpacked.insert(rel[..=i].to_vec());
+                        self.unpacked.mark(node);
                         next
                     }
                     Some(libc::ENOENT) => return Ok(None),
@@ -229,7 +238,7 @@ impl Applier<'_> {
                 self.set_meta_at(&pfd, name, rel, &meta, true)?;
             }
         }
-        self.unpacked.insert(rel.to_vec());
+        self.unpacked.insert(rel);
         Ok(())
     }
 
@@ -309,6 +318,16 @@ impl Applier<'_> {
         let tfd = self
             .open_dir(tparent, false, &format!("{shown}: hardlink target {}", show(&target)))?
             .ok_or_else(missing)?;
+        // On overlay a whited-out path is a 0/0 character device: linking
+        // to it would make a second whiteout, not a file (vfs, which
+        // removes the path, finds nothing to link to).
+        if self.format == WhiteoutFormat::Overlay
+            && let Ok(st) = rustix::fs::statat(&tfd, OsStr::from_bytes(&tbase[0]), AtFlags::SYMLINK_NOFOLLOW)
+            && FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice
+            && st.st_rdev == 0
+        {
+            return Err(missing());
+        }
         match rustix::fs::linkat(&tfd, OsStr::from_bytes(&tbase[0]), pfd, name, AtFlags::empty()) {
             Ok(()) => Ok(()),
             Err(Errno::NOENT) => Err(missing()),
@@ -499,6 +518,91 @@ mod tests {
                 assert_eq!(parent.len(), 2, "{what}: something written next to the layer");
             }
         }
+    }
+
+    /// What the filesystem refuses to hold because of the tar's content is
+    /// the client's fault: `InvalidArgument`, naming the member.
+    #[test]
+    fn content_the_filesystem_refuses_is_invalid_argument() {
+        let long_name = "n".repeat(300);
+        let long_xattr = format!("SCHILY.xattr.user.{}", "x".repeat(296));
+        let big = vec![b'v'; 100 * 1024];
+        let target = "t".repeat(5000);
+        let xattr_file = |k: &str, v: &[u8]| {
+            let mut t = pax(&[(k, v)]);
+            t.extend(raw_tar(&[(b"victim", REG, b"", b"x")]));
+            t
+        };
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("unknown xattr namespace", xattr_file("SCHILY.xattr.bogus.x", b"1")),
+            ("100 KB xattr value", xattr_file("SCHILY.xattr.user.big", &big)),
+            ("300-byte xattr name", xattr_file(&long_xattr, b"1")),
+            ("malformed POSIX ACL", xattr_file("SCHILY.xattr.system.posix_acl_access", b"garbage")),
+            ("malformed capability", xattr_file("SCHILY.xattr.security.capability", b"xx")),
+            ("5000-char symlink target", {
+                let mut t = pax(&[("linkpath", target.as_bytes())]);
+                t.extend(raw_tar(&[(b"victim", SYM, b"x", b"")]));
+                t
+            }),
+            ("300-byte component", {
+                let mut t = pax(&[("path", format!("victim/{long_name}").as_bytes())]);
+                t.extend(raw_tar(&[(b"x", REG, b"", b"x")]));
+                t
+            }),
+            ("300-byte whiteout", {
+                let mut t = pax(&[("path", format!("victim/.wh.{long_name}").as_bytes())]);
+                t.extend(raw_tar(&[(b"x", REG, b"", b"")]));
+                t
+            }),
+            ("path over 4095 bytes", {
+                let mut t = pax(&[("path", format!("victim/{}", "d/".repeat(2100)).as_bytes())]);
+                t.extend(raw_tar(&[(b"x", DIR, b"", b"")]));
+                t
+            }),
+        ];
+        for (what, tar) in cases {
+            for format in [WhiteoutFormat::Remove, WhiteoutFormat::Overlay] {
+                let f = fixture();
+                let err = apply_bytes(&f.layer, &tar, format).expect_err(what);
+                assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument, "{what}: {err}");
+                assert!(err.to_string().contains("victim"), "{what}: no member name in {err}");
+                assert!(err.to_string().len() < 1024, "{what}: {} byte message", err.to_string().len());
+            }
+        }
+    }
+
+    /// On overlay, `f` whited out is a 0/0 device: a hardlink to it would
+    /// be a second whiteout. Refused as on vfs, where `f` is gone.
+    #[test]
+    fn hardlink_to_a_whited_out_path_is_refused() {
+        let tar = raw_tar(&[(b".wh.f", REG, b"", b""), (b"h", LNK, b"f", b"")]);
+        for format in [WhiteoutFormat::Remove, WhiteoutFormat::Overlay] {
+            let f = fixture();
+            fs::write(f.layer.join("f"), b"lower").unwrap();
+            let err = apply_bytes(&f.layer, &tar, format).expect_err("hardlink to whiteout");
+            assert!(err.to_string().contains("does not exist"), "{format:?}: {err}");
+        }
+    }
+
+    /// A deep tree costs memory linear in its depth: 2047 levels (the
+    /// 4095-byte limit) in one member apply quickly.
+    #[test]
+    fn deep_paths_apply() {
+        let f = fixture();
+        let deep = "a/".repeat(2047) + "f";
+        let mut t = pax(&[("path", deep.as_bytes())]);
+        t.extend(raw_tar(&[(b"x", REG, b"", b"deep")]));
+        let start = std::time::Instant::now();
+        remove(&f.layer, &t).unwrap();
+        assert!(start.elapsed() < std::time::Duration::from_secs(20));
+        let mut fd = File::open(&f.layer).unwrap();
+        for _ in 0..2047 {
+            fd = File::from(open_dir_at(fd.as_fd(), OsStr::new("a")).unwrap());
+        }
+        let file = rustix::fs::openat(&fd, "f", OFlags::RDONLY, Mode::empty()).unwrap();
+        let mut got = String::new();
+        File::from(file).read_to_string(&mut got).unwrap();
+        assert_eq!(got, "deep");
     }
 
     /// Docker extracts `/etc/x` as `etc/x` (and `a/../b` as `b`): so do we.

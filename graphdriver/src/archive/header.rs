@@ -18,9 +18,23 @@ pub(super) fn invalid(msg: impl Into<String>) -> ArchiveError {
 }
 
 pub(super) fn show(rel: &[Vec<u8>]) -> String {
-    let joined: Vec<u8> = rel.join(&b'/');
-    format!("{:?}", String::from_utf8_lossy(&joined))
+    show_bytes(&rel.join(&b'/'))
 }
+
+/// A name for messages: quoted, lossy UTF-8, cut after 256 bytes so an
+/// error about a megabyte-long name stays a short error.
+pub fn show_bytes(raw: &[u8]) -> String {
+    const MAX: usize = 256;
+    if raw.len() <= MAX {
+        return format!("{:?}", String::from_utf8_lossy(raw));
+    }
+    format!("{:?}... ({} bytes)", String::from_utf8_lossy(&raw[..MAX]), raw.len())
+}
+
+/// The longest member path accepted, in bytes: the export reopens every
+/// path by name, and Linux refuses names of `PATH_MAX` (4096) bytes or
+/// more. Docker, which extracts by full path, cannot go deeper either.
+pub const MAX_PATH: usize = 4095;
 
 /// Split a member name into components by Docker's rule (`filepath.Clean`
 /// then a breakout check): a leading `/` is dropped (`/etc/x` is `etc/x`),
@@ -44,16 +58,29 @@ pub fn member_components(raw: &[u8]) -> Result<Vec<&[u8]>, &'static str> {
             _ => out.push(c),
         }
     }
+    let len = out.iter().map(|c| c.len() + 1).sum::<usize>().saturating_sub(1);
+    if len > MAX_PATH {
+        return Err("is longer than the 4095 bytes a path may have");
+    }
     Ok(out)
 }
 
 /// [`member_components`] as owned components, refusals as `InvalidTar`.
 pub(super) fn parse_path(raw: &[u8], what: &str) -> Result<Rel, ArchiveError> {
-    let lossy = String::from_utf8_lossy(raw);
     match member_components(raw) {
         Ok(parts) => Ok(parts.into_iter().map(<[u8]>::to_vec).collect()),
-        Err(why) => Err(invalid(format!("{what} {lossy:?} {why}"))),
+        Err(why) => Err(invalid(format!("{what} {} {why}", show_bytes(raw)))),
     }
+}
+
+/// Errors that come from applying the tar's content (a name or link target
+/// too long for the filesystem, an xattr it refuses, a file too big, too
+/// many links), not from the host: the client's fault, so `InvalidTar`.
+pub(super) fn content_errno(op: &str, code: i32) -> bool {
+    matches!(
+        code,
+        libc::ENAMETOOLONG | libc::EINVAL | libc::E2BIG | libc::EOPNOTSUPP | libc::ERANGE | libc::EMLINK | libc::EFBIG
+    ) || (op.contains("xattr") && code == libc::ENOSPC)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

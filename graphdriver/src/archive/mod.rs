@@ -26,13 +26,14 @@ mod export;
 pub mod fs;
 mod header;
 pub mod overlay;
+mod pathset;
 pub mod reader;
 mod sparse;
 #[cfg(test)]
 mod testutil;
 mod whiteout;
 
-pub use header::member_components;
+pub use header::{MAX_PATH, member_components, show_bytes};
 pub use whiteout::{OVERLAY_OPAQUE_XATTR, WHITEOUT_META_PREFIX};
 
 /// AUFS whiteout prefix used in tar streams.

@@ -88,9 +88,10 @@ pub(crate) fn descendant_prefix(clean: &[u8]) -> Vec<u8> {
     }
 }
 
-/// A name for messages: lossy UTF-8, quoted and escaped.
+/// A name for messages: lossy UTF-8, quoted and escaped, cut after 256
+/// bytes (a name may be a megabyte long).
 pub(crate) fn show(name: &[u8]) -> String {
-    format!("{:?}", String::from_utf8_lossy(name))
+    graphdriver::archive::show_bytes(name)
 }
 
 #[cfg(test)]
