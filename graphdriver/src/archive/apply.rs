@@ -18,6 +18,7 @@ use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timestamps, Uid, XattrFla
 use rustix::io::Errno;
 
 use super::fs::{open_dir_at, proc_path, remove_all_at};
+use super::header::MAX_PATH;
 use super::header::{
     Kind, Meta, Pax, Rel, check_symlink, content_errno, invalid, meta, parse_path, pax_of, read_err, show, shown_lossy,
 };
@@ -74,6 +75,16 @@ impl Applier<'_> {
         let raw = &m.name;
         let rel = parse_path(raw, "path")?;
         let shown = show(&rel);
+        // Whatever later walks the layer by full path (size, diff, export
+        // of a child, removal; Docker itself) fails on paths of PATH_MAX
+        // bytes or more: refuse them now rather than store a layer that
+        // cannot be handled later.
+        let full = self.dir.as_os_str().len() + rel.iter().map(|c| c.len() + 1).sum::<usize>();
+        if full > MAX_PATH {
+            return Err(invalid(format!(
+                "{shown}: path is too long: {full} bytes with the layer's directory, the limit is {MAX_PATH}"
+            )));
+        }
         let kind =
             Kind::of(ty).ok_or_else(|| invalid(format!("{shown}: unsupported entry type {:?}", char::from(ty))))?;
         // A regular file counts its logical size where it is written; every
@@ -584,19 +595,31 @@ mod tests {
         }
     }
 
-    /// A deep tree costs memory linear in its depth: 2047 levels (the
-    /// 4095-byte limit) in one member apply quickly.
+    /// A deep tree costs memory linear in its depth: 2000 levels in one
+    /// member apply quickly; one more byte than a full path may have is
+    /// refused.
     #[test]
     fn deep_paths_apply() {
         let f = fixture();
-        let deep = "a/".repeat(2047) + "f";
+        // Layer dir + "/a" * k + "/" + m bytes: MAX_PATH + 1, then MAX_PATH.
+        let n = MAX_PATH - f.layer.as_os_str().len();
+        let k = (n - 100) / 2;
+        let at_limit = |m: usize| {
+            let mut t = pax(&[("path", ("a/".repeat(k) + &"z".repeat(m)).as_bytes())]);
+            t.extend(raw_tar(&[(b"x", REG, b"", b"deep")]));
+            t
+        };
+        let err = remove(&f.layer, &at_limit(n - 2 * k)).unwrap_err();
+        assert!(err.to_string().contains("too long"), "{err}");
+        remove(&f.layer, &at_limit(n - 2 * k - 1)).unwrap();
+        let deep = "a/".repeat(2000) + "f";
         let mut t = pax(&[("path", deep.as_bytes())]);
         t.extend(raw_tar(&[(b"x", REG, b"", b"deep")]));
         let start = std::time::Instant::now();
         remove(&f.layer, &t).unwrap();
         assert!(start.elapsed() < std::time::Duration::from_secs(20));
         let mut fd = File::open(&f.layer).unwrap();
-        for _ in 0..2047 {
+        for _ in 0..2000 {
             fd = File::from(open_dir_at(fd.as_fd(), OsStr::new("a")).unwrap());
         }
         let file = rustix::fs::openat(&fd, "f", OFlags::RDONLY, Mode::empty()).unwrap();
