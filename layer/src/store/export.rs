@@ -206,7 +206,7 @@ impl<R> Guarded<R> {
     fn released(&self) -> bool {
         let Some(inner) = self.owner.upgrade() else { return true };
         let g = inner.layers.lock();
-        !g.get(&self.chain).is_some_and(|(m, _)| m.cache_id == self.cache_id)
+        g.get(&self.chain).is_none_or(|(m, _)| m.cache_id != self.cache_id)
     }
 }
 
