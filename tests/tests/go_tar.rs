@@ -182,3 +182,43 @@ fn our_reader_reads_exactly_what_gos_reads() {
     );
     assert!(accepted > 50 && refused > 30, "the corpus should exercise both outcomes");
 }
+
+/// Writes the checked-in seed corpus of the fuzz targets (`fuzz/corpus/`)
+/// from this corpus: run by hand after changing it
+/// (`cargo test -p conformance --test go_tar -- --ignored write_fuzz_seeds`).
+#[test]
+#[ignore]
+fn write_fuzz_seeds() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    let write = |target: &str, name: &str, bytes: &[u8]| {
+        let dir = root.join(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        let clean: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        std::fs::write(dir.join(clean), bytes).unwrap();
+    };
+    for c in tarcorpus::corpus() {
+        if c.tar.len() > 64 << 10 {
+            continue;
+        }
+        write("tar_headers", &c.name, &c.tar);
+        // The PAX bodies of its `x` headers.
+        let mut pos = 0;
+        while pos + 512 <= c.tar.len() {
+            let h = &c.tar[pos..pos + 512];
+            let size = graphdriver::archive::reader::numeric(&h[124..136]).unwrap_or(0).max(0) as usize;
+            if h[156] == b'x' && pos + 512 + size <= c.tar.len() {
+                write("pax_records", &format!("{}-{pos}", c.name), &c.tar[pos + 512..pos + 512 + size]);
+            }
+            if h.iter().all(|b| *b == 0) {
+                break;
+            }
+            pos += 512 + size.next_multiple_of(512);
+        }
+        let mut rec = Vec::new();
+        if layer::tarsplit::disassemble(&c.tar[..], &mut rec).is_ok() {
+            let mut json = Vec::new();
+            flate2::read::GzDecoder::new(&rec[..]).read_to_end(&mut json).unwrap();
+            write("tar_split_record", &c.name, &json);
+        }
+    }
+}

@@ -377,3 +377,46 @@ async fn hostile_corpus_on_btrfs() {
     run("btrfs", lo.path(), |root| drivers::registry::open("btrfs", root)).await;
     lo.close().unwrap();
 }
+
+/// Gzip of `header` followed by `len` bytes of `fill`, streamed (the
+/// plain stream is never in memory).
+fn gzip_claim(header: &[u8], fill: u8, len: usize) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(header).unwrap();
+    let chunk = vec![fill; 1 << 20];
+    for _ in 0..len / chunk.len() {
+        enc.write_all(&chunk).unwrap();
+    }
+    enc.finish().unwrap()
+}
+
+/// Issue 14's memory bombs: a small gzip holding a 512 MiB GNU long name,
+/// and one holding a 512 MiB PAX record. Go caps both at 1 MiB; so do we:
+/// refused with a short 400 and no growth of the peak RSS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_gigabyte_names_are_refused_in_bounded_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let store = Store::open(&root, drivers::registry::open("vfs", &root.join("vfs")).unwrap()).await.unwrap();
+    let name = H::new(b"././@LongLink", b'L', 512 << 20).gnu().done();
+    let pax_hdr = H::new(b"PaxHeaders/x", b'x', 512 << 20).done();
+    let mut pax_start = pax_hdr.to_vec();
+    pax_start.extend_from_slice(format!("{} path=", 512 << 20).as_bytes());
+    let bombs = [
+        ("gnu long name", gzip_claim(&name, b'a', 512 << 20)),
+        ("pax record", gzip_claim(&pax_start, b'p', 512 << 20)),
+    ];
+    let before = vm_hwm_kib();
+    for (what, gz) in bombs {
+        assert!(gz.len() < 1 << 20, "{what}: {} bytes of gzip", gz.len());
+        let err = store.register(reader(gz), RegisterOpts::default()).await.expect_err(what);
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{what}: {err}");
+        assert!(err.to_string().contains("1 MiB"), "{what}: {err}");
+        assert!(err.to_string().len() < 512, "{what}: {}-byte message", err.to_string().len());
+    }
+    let grew_mib = vm_hwm_kib().saturating_sub(before) / 1024;
+    eprintln!("512 MiB name bombs: peak RSS grew {grew_mib} MiB");
+    assert!(grew_mib < 64, "peak RSS grew {grew_mib} MiB");
+    assert!(store.list().is_empty());
+    store.shutdown().await.unwrap();
+}
