@@ -180,6 +180,16 @@ fn extras() -> Vec<Extra> {
             with_pax(&[(b"path", ("p/".repeat(1750) + "x").as_bytes())], file(b"x", b"x")),
             Accept,
         ),
+        plain(
+            "deep tree whited out",
+            cat(&[
+                pax(&[(b"path", ("q/".repeat(1700) + "x").as_bytes())]),
+                file(b"x", b""),
+                file(b".wh.q", b""),
+                end(),
+            ]),
+            Accept,
+        ),
         plain("component of 300 bytes", with_pax(&[(b"path", long.as_bytes())], file(b"x", b"x")), Refuse),
         plain("component of 255 bytes", with_pax(&[(b"path", "n".repeat(255).as_bytes())], file(b"x", b"x")), Accept),
         plain(
@@ -261,6 +271,11 @@ async fn export(store: &Store, chain: &ChainId) -> std::io::Result<Vec<u8>> {
 }
 
 async fn run(driver_name: &str, parent: &Path, open: impl Fn(&Path) -> graphdriver::Result<Arc<dyn Driver>>) {
+    // As layerd does at start-up: removing a tree holds a descriptor per
+    // level, and "deep tree whited out" is 1700 levels deep.
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
     let tmp = tempfile::tempdir_in(parent).unwrap();
     let root = tmp.path().join("root");
     let sentinel = tmp.path().join("sentinel");
