@@ -556,6 +556,33 @@ fn bad_input_is_rejected_and_changes_nothing() {
         b.into_inner().unwrap()
     };
     d.rejects(400, "POST", "/v1/layers", None, &hostile);
+    // A corrupt gzip stream, and a 1 MiB gzip holding a 512 MiB GNU long
+    // name: 400s with short messages (issue 14).
+    let gz = |parts: &[&[u8]], fill: usize| {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        for p in parts {
+            enc.write_all(p).unwrap();
+        }
+        let chunk = vec![b'a'; 1 << 20];
+        for _ in 0..fill {
+            enc.write_all(&chunk).unwrap();
+        }
+        enc.finish().unwrap()
+    };
+    let mut corrupt = gz(&[&make_tar(&[("big.bin", &big_content(1 << 20))])], 0);
+    let mid = corrupt.len() / 2;
+    corrupt[mid] ^= 0xff;
+    let msg = d.rejects(400, "POST", "/v1/layers", None, &corrupt);
+    assert!(msg.len() < 1024, "{msg}");
+    let mut long_name = tar::Header::new_gnu();
+    long_name.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+    long_name.set_entry_type(tar::EntryType::GNULongName);
+    long_name.set_size(512 << 20);
+    long_name.set_cksum();
+    let bomb = gz(&[long_name.as_bytes()], 512);
+    assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+    let msg = d.rejects(400, "POST", "/v1/layers", None, &bomb);
+    assert!(msg.contains("1 MiB") && msg.len() < 1024, "{msg}");
     // The daemon answers before reading the whole upload; the client still
     // gets the answer, not a broken pipe.
     let big_file = write_file(work.path(), "big.tar", &make_tar(&[("big.bin", &big_content(8 << 20))]));
