@@ -357,7 +357,9 @@ async fn run(driver_name: &str, parent: &Path, open: impl Fn(&Path) -> graphdriv
         }
     }
     let grew_mib = vm_hwm_kib().saturating_sub(hwm_before) / 1024;
-    eprintln!("hostile corpus on {driver_name}: {accepted} accepted, {refused} refused; peak RSS grew {grew_mib} MiB");
+    eprintln!(
+        "hostile corpus on {driver_name}: {accepted} accepted, {refused} refused ({with_expectation} with an expected outcome); peak RSS grew {grew_mib} MiB"
+    );
     store.shutdown().await.unwrap();
     assert!(wrong.is_empty(), "{driver_name}: {} problems:\n{}", wrong.len(), wrong.join("\n"));
     assert!(grew_mib < 256, "{driver_name}: peak RSS grew {grew_mib} MiB over the corpus");
