@@ -548,7 +548,10 @@ fn bad_input_is_rejected_and_changes_nothing() {
     assert!(msg.contains("diff_id") || msg.contains("does not match"), "{msg}");
     d.rejects(400, "POST", "/v1/layers", None, b"this is not a tar archive, not even close, but long enough.");
     d.rejects(400, "POST", "/v1/layers", None, &big_content(4096));
-    d.rejects(400, "POST", "/v1/layers", None, &tar[..700]);
+    // Truncated inside a header or inside data (a cut inside the padding
+    // after the last member is an archive Go's reader accepts).
+    d.rejects(400, "POST", "/v1/layers", None, &tar[..300]);
+    d.rejects(400, "POST", "/v1/layers", None, &tar[..512]);
     let mut bad_sum = tar.clone();
     bad_sum[148] ^= 0x01;
     d.rejects(400, "POST", "/v1/layers", None, &bad_sum);
@@ -563,6 +566,33 @@ fn bad_input_is_rejected_and_changes_nothing() {
         b.into_inner().unwrap()
     };
     d.rejects(400, "POST", "/v1/layers", None, &hostile);
+    // A corrupt gzip stream, and a 1 MiB gzip holding a 512 MiB GNU long
+    // name: 400s with short messages (issue 14).
+    let gz = |parts: &[&[u8]], fill: usize| {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        for p in parts {
+            enc.write_all(p).unwrap();
+        }
+        let chunk = vec![b'a'; 1 << 20];
+        for _ in 0..fill {
+            enc.write_all(&chunk).unwrap();
+        }
+        enc.finish().unwrap()
+    };
+    let mut corrupt = gz(&[&make_tar(&[("big.bin", &big_content(1 << 20))])], 0);
+    let mid = corrupt.len() / 2;
+    corrupt[mid] ^= 0xff;
+    let msg = d.rejects(400, "POST", "/v1/layers", None, &corrupt);
+    assert!(msg.len() < 1024, "{msg}");
+    let mut long_name = tar::Header::new_gnu();
+    long_name.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+    long_name.set_entry_type(tar::EntryType::GNULongName);
+    long_name.set_size(512 << 20);
+    long_name.set_cksum();
+    let bomb = gz(&[long_name.as_bytes()], 512);
+    assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+    let msg = d.rejects(400, "POST", "/v1/layers", None, &bomb);
+    assert!(msg.contains("1 MiB") && msg.len() < 1024, "{msg}");
     // The daemon answers before reading the whole upload; the client still
     // gets the answer, not a broken pipe.
     let big_file = write_file(work.path(), "big.tar", &make_tar(&[("big.bin", &big_content(8 << 20))]));
@@ -965,6 +995,10 @@ fn the_served_openapi_document_is_the_checked_in_one_and_every_operation_answers
         }
     }
     assert!(calls >= 20, "{calls}");
+    // The empty body sent to `POST /v1/layers` is an empty layer, as Go's
+    // reader (and Docker) take it: its DiffID is the sha256 of nothing.
+    let empty = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    d.ok(&["layer", "rm", empty]);
     assert_eq!(d.json(&["layer", "ls", "--format", "json"]), json!([]));
     assert_eq!(d.json(&["rw", "ls", "--format", "json"]), json!([]));
 }
@@ -1035,6 +1069,11 @@ fn check_reports_repairs_and_verifies() {
     assert_eq!(r.status, 200);
     d.rejects(400, "POST", "/v1/check", Some("application/json"), b"{nope");
     d.rejects(422, "POST", "/v1/check", Some("application/json"), br#"{"repair":"yes"}"#);
+    // A body that is not an object (serde would read `[]` as `{}`).
+    for not_object in [&b"[]"[..], b"[true]", b"null", b"7", b"\"x\""] {
+        let msg = d.rejects(422, "POST", "/v1/check", Some("application/json"), not_object);
+        assert!(msg.contains("JSON object"), "{msg}");
+    }
     d.rejects(415, "POST", "/v1/check", Some("text/plain"), b"{}");
     d.rejects(415, "POST", "/v1/check", None, b"{}");
     d.rejects(405, "GET", "/v1/check", None, b"");

@@ -17,6 +17,9 @@ pub enum LayerStoreError {
     AmbiguousLayerRef { prefix: String, candidates: Vec<String> },
     #[error("no such layer {0}")]
     LayerNotFound(String),
+    /// The layer was released while it was being read (an export).
+    #[error("layer released: {0} was released while it was being exported")]
+    Released(String),
     #[error("no such parent layer {0}")]
     ParentNotFound(String),
     #[error("no such rw layer {0}")]
@@ -64,7 +67,7 @@ impl LayerStoreError {
             | InvalidInput(_) => ErrorKind::InvalidArgument,
             // A parent that does not exist is a client error about the request.
             ParentNotFound(_) => ErrorKind::InvalidArgument,
-            LayerNotFound(_) | RwNotFound(_) => ErrorKind::NotFound,
+            LayerNotFound(_) | RwNotFound(_) | Released(_) => ErrorKind::NotFound,
             NameInUse(_) => ErrorKind::AlreadyExists,
             NotRetained { .. } | NotMounted { .. } | Locked { .. } => ErrorKind::Conflict,
             Corrupt { .. } | RwCorrupt { .. } => ErrorKind::DataLoss,

@@ -16,6 +16,8 @@ pub mod compress;
 pub mod digest;
 mod error;
 mod flight;
+#[doc(hidden)]
+pub mod fuzzing;
 mod keyed;
 pub mod layerref;
 pub mod lockstats;

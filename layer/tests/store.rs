@@ -270,7 +270,8 @@ async fn hostile_tars_are_rejected_and_leave_nothing() {
     };
     let end = vec![0u8; 1024];
     cases.push(("dotdot", [raw(b"../escape", b'0', b"", b"x"), end.clone()].concat()));
-    cases.push(("absolute", [raw(b"/tmp/escape", b'0', b"", b"x"), end.clone()].concat()));
+    // An absolute name is extracted beneath the root, as Docker does
+    // (conformance's hostile.rs); `/tmp/escape` is checked below.
     cases.push((
         "symlink escape",
         [raw(b"link", b'2', b"/tmp", b""), raw(b"link/escape", b'0', b"", b"x"), end.clone()].concat(),

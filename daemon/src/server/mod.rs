@@ -82,6 +82,7 @@ const MAX_BLOCKING_THREADS: usize = 4096;
 
 /// The `layerd` binary.
 pub fn main() -> ExitCode {
+    raise_open_file_limit();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == "plugin") {
         return plugin::main(args.into_iter().skip(1).collect());
@@ -126,6 +127,22 @@ pub(crate) fn run_to_exit(
             eprintln!("layerd: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raise the soft limit on open files to the hard one, as every Go program
+/// (dockerd included) does since Go 1.19: extracting and removing a tree
+/// holds a descriptor per directory level, and a layer may be two thousand
+/// levels deep (the 4095-byte path limit), more than the usual soft 1024.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => tracing::warn!(error = %e, soft, hard, "could not raise the open-file limit"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not read the open-file limit"),
     }
 }
 

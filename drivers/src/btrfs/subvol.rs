@@ -81,29 +81,33 @@ pub fn destroy_tree(path: &Path) -> Result<(), IoError> {
 }
 
 /// Every subvolume strictly below `dir`, parents before their children.
+/// Iterative: a layer may be thousands of directories deep.
 fn find_nested(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), IoError> {
-    for entry in fs::read_dir(dir).ctx("read dir", dir)? {
-        let entry = entry.ctx("read dir", dir)?;
-        if !entry.file_type().ctx("stat", entry.path())?.is_dir() {
-            continue;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for entry in fs::read_dir(&dir).ctx("read dir", &dir)? {
+            let entry = entry.ctx("read dir", &dir)?;
+            if !entry.file_type().ctx("stat", entry.path())?.is_dir() {
+                continue;
+            }
+            let p = entry.path();
+            let st = rustix::fs::statx(rustix::fs::CWD, &p, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::INO)
+                .map_err(io::Error::from)
+                .ctx("stat", &p)?;
+            if st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
+                && st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
+            {
+                return Err(IoError::new(
+                    "refuse to delete below mount point",
+                    p,
+                    io::Error::from_raw_os_error(libc::EBUSY),
+                ));
+            }
+            if st.stx_ino == ioctl::FIRST_FREE_OBJECTID {
+                out.push(p.clone());
+            }
+            todo.push(p);
         }
-        let p = entry.path();
-        let st = rustix::fs::statx(rustix::fs::CWD, &p, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::INO)
-            .map_err(io::Error::from)
-            .ctx("stat", &p)?;
-        if st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
-            && st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
-        {
-            return Err(IoError::new(
-                "refuse to delete below mount point",
-                p,
-                io::Error::from_raw_os_error(libc::EBUSY),
-            ));
-        }
-        if st.stx_ino == ioctl::FIRST_FREE_OBJECTID {
-            out.push(p.clone());
-        }
-        find_nested(&p, out)?;
     }
     Ok(())
 }

@@ -225,7 +225,9 @@ mod tests {
         assert_eq!(format_time(-1, 999_999_999), "-0.000000001");
         assert_eq!(format_time(-3, 0), "-3");
         for (s, n) in [(5, 1), (-1, 1), (-7, 0), (1_700_000_000, 123_456_789)] {
-            let t = super::super::header::parse_time(format_time(s, n).as_bytes()).unwrap();
+            let t = super::super::reader::parse_pax_time(format_time(s, n).as_bytes())
+                .map(|t| rustix::fs::Timespec { tv_sec: t.secs, tv_nsec: i64::from(t.nanos) })
+                .unwrap();
             assert_eq!((t.tv_sec, t.tv_nsec), (s, n));
         }
     }

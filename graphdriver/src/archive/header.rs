@@ -1,13 +1,12 @@
 //! Reading one tar entry's header: path validation, PAX records (times,
 //! xattrs, sparse maps), ownership and mode, symlink target checks.
 
-use std::io::{self, Read};
+use std::io;
 use std::path::Path;
 
 use rustix::fs::{Timespec, Timestamps};
-use tar::EntryType;
 
-use super::sparse::PaxSparse;
+use super::reader::{Member, ReadError, TarTime};
 use super::whiteout;
 use crate::error::{ArchiveError, IoError};
 
@@ -19,54 +18,69 @@ pub(super) fn invalid(msg: impl Into<String>) -> ArchiveError {
 }
 
 pub(super) fn show(rel: &[Vec<u8>]) -> String {
-    let joined: Vec<u8> = rel.join(&b'/');
-    format!("{:?}", String::from_utf8_lossy(&joined))
+    show_bytes(&rel.join(&b'/'))
 }
 
-/// Split a tar path into components. Absolute paths, `..` and NUL bytes are
-/// refused; empty and `.` components are dropped.
-pub(super) fn parse_path(raw: &[u8], what: &str) -> Result<Rel, ArchiveError> {
-    let lossy = String::from_utf8_lossy(raw);
-    if raw.first() == Some(&b'/') {
-        return Err(invalid(format!("{what} {lossy:?} is absolute")));
+/// A name for messages: quoted, lossy UTF-8, cut after 256 bytes so an
+/// error about a megabyte-long name stays a short error.
+pub fn show_bytes(raw: &[u8]) -> String {
+    const MAX: usize = 256;
+    if raw.len() <= MAX {
+        return format!("{:?}", String::from_utf8_lossy(raw));
     }
+    format!("{:?}... ({} bytes)", String::from_utf8_lossy(&raw[..MAX]), raw.len())
+}
+
+/// The longest member path accepted, in bytes: the export reopens every
+/// path by name, and Linux refuses names of `PATH_MAX` (4096) bytes or
+/// more. Docker, which extracts by full path, cannot go deeper either.
+pub const MAX_PATH: usize = 4095;
+
+/// Split a member name into components by Docker's rule (`filepath.Clean`
+/// then a breakout check): a leading `/` is dropped (`/etc/x` is `etc/x`),
+/// `.` and empty components vanish, `..` cancels the previous component and
+/// is refused where it would climb above the layer root; NUL bytes are
+/// refused. Both the extractor and the tar-split recorder/getter use it.
+pub fn member_components(raw: &[u8]) -> Result<Vec<&[u8]>, &'static str> {
     if raw.contains(&0) {
-        return Err(invalid(format!("{what} {lossy:?} contains a NUL byte")));
+        return Err("contains a NUL byte");
     }
-    let mut out = Vec::new();
+    let rooted = raw.first() == Some(&b'/');
+    let mut out: Vec<&[u8]> = Vec::new();
     for c in raw.split(|b| *b == b'/') {
         match c {
             b"" | b"." => {}
-            b".." => return Err(invalid(format!("{what} {lossy:?} contains `..`"))),
-            _ => out.push(c.to_vec()),
+            b".." => {
+                if out.pop().is_none() && !rooted {
+                    return Err("climbs above the layer root with `..`");
+                }
+            }
+            _ => out.push(c),
         }
+    }
+    let len = out.iter().map(|c| c.len() + 1).sum::<usize>().saturating_sub(1);
+    if len > MAX_PATH {
+        return Err("is longer than the 4095 bytes a path may have");
     }
     Ok(out)
 }
 
-/// Parse a PAX time (`-?secs[.frac]`).
-pub(super) fn parse_time(v: &[u8]) -> Option<Timespec> {
-    let s = std::str::from_utf8(v).ok()?.trim();
-    let (neg, s) = match s.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, s),
-    };
-    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+/// [`member_components`] as owned components, refusals as `InvalidTar`.
+pub(super) fn parse_path(raw: &[u8], what: &str) -> Result<Rel, ArchiveError> {
+    match member_components(raw) {
+        Ok(parts) => Ok(parts.into_iter().map(<[u8]>::to_vec).collect()),
+        Err(why) => Err(invalid(format!("{what} {} {why}", show_bytes(raw)))),
     }
-    let secs: i64 = int.parse().ok()?;
-    let mut nanos: i64 = 0;
-    for (i, d) in frac.bytes().take(9).enumerate() {
-        nanos += i64::from(d - b'0') * 10i64.pow(8 - i as u32);
-    }
-    Some(if !neg {
-        Timespec { tv_sec: secs, tv_nsec: nanos }
-    } else if nanos == 0 {
-        Timespec { tv_sec: -secs, tv_nsec: 0 }
-    } else {
-        Timespec { tv_sec: -secs - 1, tv_nsec: 1_000_000_000 - nanos }
-    })
+}
+
+/// Errors that come from applying the tar's content (a name or link target
+/// too long for the filesystem, an xattr it refuses, a file too big, too
+/// many links), not from the host: the client's fault, so `InvalidTar`.
+pub(super) fn content_errno(op: &str, code: i32) -> bool {
+    matches!(
+        code,
+        libc::ENAMETOOLONG | libc::EINVAL | libc::E2BIG | libc::EOPNOTSUPP | libc::ERANGE | libc::EMLINK | libc::EFBIG
+    ) || (op.contains("xattr") && code == libc::ENOSPC)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,29 +95,29 @@ pub(super) enum Kind {
 }
 
 impl Kind {
-    pub(super) fn of(t: EntryType) -> Option<Kind> {
+    /// The kind of a member by its typeflag (after Go's `\0` rule).
+    pub(super) fn of(t: u8) -> Option<Kind> {
         Some(match t {
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => Kind::File,
-            EntryType::Directory => Kind::Dir,
-            EntryType::Symlink => Kind::Symlink,
-            EntryType::Link => Kind::Link,
-            EntryType::Char => Kind::Char,
-            EntryType::Block => Kind::Block,
-            EntryType::Fifo => Kind::Fifo,
+            b'0' | b'7' | b'S' => Kind::File,
+            b'5' => Kind::Dir,
+            b'2' => Kind::Symlink,
+            b'1' => Kind::Link,
+            b'3' => Kind::Char,
+            b'4' => Kind::Block,
+            b'6' => Kind::Fifo,
             _ => return None,
         })
     }
 }
 
-/// What the PAX records of one entry say beyond path/size/uid/gid.
+/// What the member says beyond path, size and owner.
 #[derive(Default)]
 pub(super) struct Pax {
-    /// The link target by Go's rule (see `pax::MemberExt::link`).
+    /// The link target (GNU `K`, then PAX `linkpath`, then the header).
     pub(super) link: Option<Vec<u8>>,
     pub(super) mtime: Option<Timespec>,
     pub(super) atime: Option<Timespec>,
     pub(super) xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-    pub(super) sparse: PaxSparse,
 }
 
 /// Metadata to put on a created path.
@@ -122,14 +136,17 @@ impl Meta {
     }
 }
 
-/// Map a `tar` crate error: format problems are the tar's fault, anything
-/// else is the reader's.
-pub(super) fn tar_err(dir: &Path) -> impl Fn(io::Error) -> ArchiveError + '_ {
-    move |e| match e.kind() {
-        io::ErrorKind::Other | io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => {
-            invalid(format!("malformed tar: {e}"))
-        }
-        _ => ArchiveError::Io(IoError::new("read tar stream for", dir, e)),
+/// Map a reader error: format problems and undecodable input (a corrupt
+/// gzip stream, a short body) are the client's; other input failures ours.
+pub(super) fn read_err(dir: &Path) -> impl Fn(ReadError) -> ArchiveError + '_ {
+    move |e| match e {
+        ReadError::Format(m) => invalid(m),
+        ReadError::Input(e) => match e.kind() {
+            io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput | io::ErrorKind::UnexpectedEof => {
+                invalid(format!("read tar stream: {e}"))
+            }
+            _ => ArchiveError::Io(IoError::new("read tar stream for", dir, e)),
+        },
     }
 }
 
@@ -137,64 +154,35 @@ pub(super) fn shown_lossy(rel: &[Vec<u8>]) -> String {
     String::from_utf8_lossy(&rel.join(&b'/')).into_owned()
 }
 
-/// The member's PAX records: `records` parsed by length from the raw
-/// extension headers when the tap had them, else the `tar` crate's reading.
-pub(super) fn read_pax<R: Read>(
-    e: &mut tar::Entry<'_, R>,
-    records: Option<Vec<(Vec<u8>, Vec<u8>)>>,
-    dir: &Path,
-) -> Result<Pax, ArchiveError> {
-    let records = match records {
-        Some(r) => r,
-        None => match e.pax_extensions().map_err(tar_err(dir))? {
-            None => Vec::new(),
-            Some(exts) => {
-                let mut v = Vec::new();
-                for ext in exts {
-                    let ext = ext.map_err(tar_err(dir))?;
-                    v.push((ext.key_bytes().to_vec(), ext.value_bytes().to_vec()));
-                }
-                v
-            }
-        },
+fn timespec(t: TarTime) -> Timespec {
+    Timespec { tv_sec: t.secs, tv_nsec: i64::from(t.nanos) }
+}
+
+/// The member's link target, times and xattrs, as the reader gave them.
+pub(super) fn pax_of(m: &Member) -> Result<Pax, ArchiveError> {
+    let mut pax = Pax {
+        link: (!m.linkname.is_empty()).then(|| m.linkname.clone()),
+        mtime: Some(timespec(m.mtime)),
+        atime: m.atime.map(timespec),
+        xattrs: Vec::new(),
     };
-    let mut pax = Pax::default();
-    for (key, value) in &records {
-        let key = std::str::from_utf8(key).map_err(|_| invalid("non-UTF-8 PAX record key"))?;
-        let value = &value[..];
-        let bad_time = || invalid(format!("bad PAX {key} {:?}", String::from_utf8_lossy(value)));
-        if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-            if name.contains('\0') {
-                return Err(invalid(format!("xattr name {name:?} contains a NUL byte")));
-            }
-            if !name.is_empty() && !whiteout::is_overlay_xattr(name.as_bytes()) {
-                pax.xattrs.push((name.as_bytes().to_vec(), value.to_vec()));
-            }
-        } else if key == "mtime" {
-            pax.mtime = Some(parse_time(value).ok_or_else(bad_time)?);
-        } else if key == "atime" {
-            pax.atime = Some(parse_time(value).ok_or_else(bad_time)?);
-        } else {
-            pax.sparse.record(key, value).map_err(invalid)?;
+    for (name, value) in &m.xattrs {
+        if name.contains(&0) {
+            return Err(invalid(format!("xattr name {:?} contains a NUL byte", String::from_utf8_lossy(name))));
+        }
+        if !name.is_empty() && !whiteout::is_overlay_xattr(name) {
+            pax.xattrs.push((name.clone(), value.clone()));
         }
     }
     Ok(pax)
 }
 
-pub(super) fn meta(h: &tar::Header, pax: &Pax, shown: &str) -> Result<Meta, ArchiveError> {
-    let bad = |what: &str, err: io::Error| invalid(format!("{shown}: bad {what} in header: {err}"));
-    let id = |what: &str, v: u64| u32::try_from(v).map_err(|_| invalid(format!("{shown}: {what} {v} out of range")));
-    let uid = id("uid", h.uid().map_err(|e| bad("uid", e))?)?;
-    let gid = id("gid", h.gid().map_err(|e| bad("gid", e))?)?;
-    let mode = h.mode().map_err(|e| bad("mode", e))? & 0o7777;
-    let mtime = match pax.mtime {
-        Some(t) => t,
-        None => {
-            let secs = h.mtime().map_err(|e| bad("mtime", e))?;
-            let secs = i64::try_from(secs).map_err(|_| invalid(format!("{shown}: mtime out of range")))?;
-            Timespec { tv_sec: secs, tv_nsec: 0 }
-        }
-    };
+pub(super) fn meta(m: &Member, pax: &Pax, shown: &str) -> Result<Meta, ArchiveError> {
+    let id = |what: &str, v: i64| u32::try_from(v).map_err(|_| invalid(format!("{shown}: {what} {v} out of range")));
+    let uid = id("uid", m.uid)?;
+    let gid = id("gid", m.gid)?;
+    let mode = (m.mode & 0o7777) as u32;
+    let mtime = pax.mtime.unwrap_or(Timespec { tv_sec: m.mtime.secs, tv_nsec: 0 });
     let atime = pax.atime.unwrap_or(mtime);
     Ok(Meta { uid, gid, mode, atime, mtime, xattrs: pax.xattrs.clone() })
 }
@@ -233,12 +221,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pax_times_parse() {
-        assert_eq!(parse_time(b"12.5"), Some(Timespec { tv_sec: 12, tv_nsec: 500_000_000 }));
-        assert_eq!(parse_time(b"-1.5"), Some(Timespec { tv_sec: -2, tv_nsec: 500_000_000 }));
-        assert_eq!(parse_time(b"7"), Some(Timespec { tv_sec: 7, tv_nsec: 0 }));
-        assert_eq!(parse_time(b"1.1234567891"), Some(Timespec { tv_sec: 1, tv_nsec: 123_456_789 }));
-        assert_eq!(parse_time(b"x"), None);
-        assert_eq!(parse_time(b".5"), None);
+    fn member_names_follow_dockers_clean_rule() {
+        let ok: &[(&str, &str)] =
+            &[("/etc/x", "etc/x"), ("./a//b/", "a/b"), ("a/../b", "b"), ("/../x", "x"), ("//", ""), (".", "")];
+        for (raw, want) in ok {
+            assert_eq!(member_components(raw.as_bytes()).unwrap().join(&b'/'), want.as_bytes(), "{raw}");
+        }
+        for bad in ["..", "../x", "a/../../x", "a\0b"] {
+            let bad = bad.replace("\\0", "\0");
+            assert!(member_components(bad.as_bytes()).is_err(), "{bad:?}");
+        }
     }
 }

@@ -2,9 +2,10 @@
 //! directory with whiteouts, compute the changes between two trees, export
 //! changes as a tar with AUFS whiteouts.
 //!
-//! - [`apply_tar`] (`apply.rs`, `sparse.rs`) parses with the `tar` crate's
-//!   default settings — the same bytes and rules the layer store's tar-split
-//!   recorder sees — but performs every filesystem operation itself,
+//! - [`reader::Reader`] (`reader.rs`) is the workspace's one tar parser, with
+//!   Go's `archive/tar` rules; the layer store's tar-split recorder uses it too.
+//! - [`apply_tar`] (`apply.rs`, `sparse.rs`) reads through it and performs
+//!   every filesystem operation itself,
 //!   relative to directory fds opened with `O_NOFOLLOW`, so no entry can
 //!   write through a symlink or outside the target.
 //! - [`changes_dirs`] (`changes.rs`) follows moby's `ChangesDirs` rules.
@@ -25,12 +26,14 @@ mod export;
 pub mod fs;
 mod header;
 pub mod overlay;
-pub mod pax;
+mod pathset;
+pub mod reader;
 mod sparse;
 #[cfg(test)]
 mod testutil;
 mod whiteout;
 
+pub use header::{MAX_PATH, member_components, show_bytes};
 pub use whiteout::{OVERLAY_OPAQUE_XATTR, WHITEOUT_META_PREFIX};
 
 /// AUFS whiteout prefix used in tar streams.

@@ -74,7 +74,7 @@ impl Applier<'_> {
             rustix::fs::mknodat(&pfd, os_name, FileType::CharacterDevice, Mode::empty(), rustix::fs::makedev(0, 0))
                 .map_err(io::Error::from)
                 .map_err(self.io("mknod whiteout", &target))?;
-            self.unpacked.insert(target);
+            self.unpacked.insert(&target);
         } else {
             self.unpacked.remove(&target);
         }

@@ -3,8 +3,8 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Weak};
 
 use graphdriver::{CacheId, IoContext, TarReader};
 
@@ -46,7 +46,14 @@ impl Inner {
             // A layer without checkpoints (Docker's): one sequential check.
             None => Box::new(VerifyingReader::new(Pipelined::spawn(asm), meta.diff_id.0.clone())),
         };
-        Ok(Box::new(Guarded { inner: verified, _put: put }))
+        let owner = Arc::downgrade(self);
+        Ok(Box::new(Guarded {
+            inner: verified,
+            _put: put,
+            owner,
+            chain: chain.clone(),
+            cache_id: meta.cache_id.clone(),
+        }))
     }
 }
 
@@ -182,13 +189,35 @@ impl Drop for PutOnDrop {
     }
 }
 
+/// The export's reader. An export does not pin its layer: a release may
+/// delete the files under it. Then the read fails (a file is missing, the
+/// DiffID does not match) and that failure is reported as what it is —
+/// "layer released" — not as damage to a stored layer.
 struct Guarded<R> {
     inner: R,
     _put: Option<PutOnDrop>,
+    owner: Weak<Inner>,
+    chain: ChainId,
+    cache_id: CacheId,
+}
+
+impl<R> Guarded<R> {
+    /// The layer is no longer the one this export started on.
+    fn released(&self) -> bool {
+        let Some(inner) = self.owner.upgrade() else { return true };
+        let g = inner.layers.lock();
+        g.get(&self.chain).is_none_or(|(m, _)| m.cache_id != self.cache_id)
+    }
 }
 
 impl<R: Read> Read for Guarded<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf)
+        self.inner.read(buf).map_err(|e| {
+            if e.kind() == io::ErrorKind::Interrupted || !self.released() {
+                return e;
+            }
+            tracing::debug!(chain_id = %self.chain, error = %e, "export cut off: the layer was released");
+            io::Error::new(io::ErrorKind::NotFound, LayerStoreError::Released(self.chain.to_string()))
+        })
     }
 }

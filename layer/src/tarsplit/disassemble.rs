@@ -1,20 +1,24 @@
-//! Disassembly: parse a tar with the `tar` crate (the same parser the graph
-//! driver extracts with, so both see the same members) through a recording
-//! reader, and write everything but regular-file content to the record.
+//! Disassembly: parse a tar with the workspace's one tar reader
+//! (`graphdriver::archive::reader`, Go's rules — the parser the graph driver
+//! extracts with, so both see the same members) through a recording reader,
+//! and write everything but regular-file content to the record.
 //!
 //! Byte accounting: the recorder sees every byte the parser consumes. Bytes
 //! outside a regular file's content region go to `pending` and become
-//! segments; content bytes `[raw_file_position, +size)` are only CRC'd. The
-//! parser consumes exactly what it needs and never reads ahead, so at each
-//! yielded entry `pending` holds the previous entry's padding plus all of this
-//! entry's headers (GNU `L`/`K`, PAX `x`, the header itself).
+//! segments; content bytes `[data_pos, +size)` are only CRC'd. The reader
+//! consumes exactly what it needs and never reads ahead, so at each member
+//! `pending` holds the previous member's padding (and any data the reader
+//! skipped) plus all of this member's headers (GNU `L`/`K`, PAX `x`, the
+//! header itself).
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashSet};
 use std::io::{self, Read, Write};
 
+use graphdriver::archive::reader::{Member, ReadError, Reader};
+
 use super::TarSplitError;
-use super::names::{clean, descendant_prefix, relative_components, show, whiteout_target};
+use super::names::{descendant_prefix, key, relative_components, show, whiteout_target};
 use super::record::Packer;
 
 /// Segments are flushed once this many bytes are pending, bounding memory.
@@ -43,43 +47,33 @@ pub struct DisassembleSummary {
 /// earlier member, and on a content-bearing name that is absolute or has `..`.
 pub fn disassemble<R: Read, W: Write>(input: R, out: W) -> Result<DisassembleSummary, TarSplitError> {
     let state = RefCell::new(Recorder::new(Packer::new(out)));
-    // Member names by the extractor's rule (PAX records read by length), so
-    // both parsers of these bytes agree on every name.
-    let (pax_tap, members) = graphdriver::archive::pax::Tap::new(input);
-    let mut archive = tar::Archive::new(Tap { inner: pax_tap, state: &state });
-    let explain = |e: io::Error| state.borrow_mut().explain(e);
+    let mut rd = Reader::new(Tap { inner: input, state: &state });
+    let explain = |e: ReadError| state.borrow_mut().explain(e);
     {
         let mut paths = PathTracker::default();
         let mut buf = vec![0u8; 64 << 10];
-        for entry in archive.entries().map_err(explain)? {
-            let mut entry = entry.map_err(explain)?;
-            let ext = members.member(&entry);
-            let name = match &ext {
-                Some(x) => x.path(&entry),
-                None => entry.path_bytes().into_owned(),
-            };
-            let kind = classify(&mut entry, &name, ext.as_ref())?;
-            let record = paths.admit(&name, &kind)?;
+        while let Some(m) = rd.next_member().map_err(explain)? {
+            let kind = classify(&m);
+            let record = paths.admit(&m.name, &kind)?;
             state.borrow_mut().flush().map_err(write_error)?;
             match (record, kind.content) {
                 (true, Some(size)) => {
-                    let crc = crc_content(&state, &mut entry, &name, size, &mut buf)?;
-                    state.borrow_mut().packer.file(&name, size, Some(crc)).map_err(write_error)?;
+                    let crc = crc_content(&state, &mut rd, &m, size, &mut buf)?;
+                    state.borrow_mut().packer.file(&m.name, size, Some(crc)).map_err(write_error)?;
                 }
-                (true, None) => state.borrow_mut().packer.file(&name, 0, None).map_err(write_error)?,
+                (true, None) => state.borrow_mut().packer.file(&m.name, 0, None).map_err(write_error)?,
                 // A repeated name: Go's reader refuses a second file entry
                 // with one name, so this member is left to the segments.
                 (false, _) => {}
             }
         }
     }
-    if state.borrow().eof {
-        return Err(TarSplitError::InvalidTar("truncated: no end-of-archive block".into()));
-    }
-    // Everything after the first zero block: the second one, record padding,
-    // trailing bytes. The recorder chunks it into segments.
-    let mut tap = archive.into_inner();
-    io::copy(&mut tap, &mut io::sink()).map_err(explain)?;
+    // Everything after the end of the archive: the second zero block,
+    // record padding, trailing bytes. The recorder chunks it into segments.
+    // (An archive may also end at end of input on a member boundary, as
+    // Go's reader allows; then there is nothing more.)
+    let mut tap = rd.into_inner();
+    io::copy(&mut tap, &mut io::sink()).map_err(|e| explain(ReadError::Input(e)))?;
     drop(tap);
 
     let mut rec = state.into_inner();
@@ -99,26 +93,30 @@ fn write_error(source: io::Error) -> TarSplitError {
 /// instead of storing it.
 fn crc_content<R: Read, W: Write>(
     state: &RefCell<Recorder<W>>,
-    entry: &mut tar::Entry<'_, R>,
-    name: &[u8],
+    rd: &mut Reader<R>,
+    m: &Member,
     size: u64,
     buf: &mut [u8],
 ) -> Result<[u8; 8], TarSplitError> {
-    let start = entry.raw_file_position();
+    let start = m.data_pos;
     {
         let mut st = state.borrow_mut();
         if st.consumed != start {
             return Err(TarSplitError::InvalidTar(format!(
                 "parser desynchronised at {}: {} content starts at {start}",
                 st.consumed,
-                show(name)
+                show(&m.name)
             )));
         }
         st.region = Some(Region { end: start + size, digest: super::Crc64::new() });
     }
     let mut copied = 0u64;
     loop {
-        let n = entry.read(buf).map_err(|e| state.borrow_mut().explain(e))?;
+        let n = match rd.read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(state.borrow_mut().explain(ReadError::Input(e))),
+        };
         if n == 0 {
             break;
         }
@@ -128,7 +126,7 @@ fn crc_content<R: Read, W: Write>(
     let region = st.region.take();
     match region {
         Some(region) if copied == size && st.consumed == region.end => Ok(region.digest.finalize().to_be_bytes()),
-        _ => Err(TarSplitError::InvalidTar(format!("truncated: {} has {copied} of {size} bytes", show(name)))),
+        _ => Err(TarSplitError::InvalidTar(format!("truncated: {} has {copied} of {size} bytes", show(&m.name)))),
     }
 }
 
@@ -142,36 +140,13 @@ struct Kind {
     global: bool,
 }
 
-fn classify<R: Read>(
-    entry: &mut tar::Entry<'_, R>,
-    name: &[u8],
-    ext: Option<&graphdriver::archive::pax::MemberExt>,
-) -> Result<Kind, TarSplitError> {
-    let flag = entry.header().as_bytes()[156];
-    let regular = matches!(flag, 0 | b'0' | b'7');
-    let dir = flag == b'5' || (regular && name.ends_with(b"/"));
-    let size = entry.size();
-    let sparse = match ext {
-        Some(x) => x.records.iter().any(|(k, _)| k.starts_with(b"GNU.sparse.")),
-        None => is_pax_sparse(entry, name)?,
-    };
-    let content = if regular && !dir && size > 0 && !sparse { Some(size) } else { None };
-    Ok(Kind { content, dir, global: flag == b'g' })
-}
-
-/// PAX sparse files (GNU.sparse.* keys, formats 0.0, 0.1 and 1.0) carry a map
-/// and chunks, not the file's bytes, so they can't be taken from disk.
-fn is_pax_sparse<R: Read>(entry: &mut tar::Entry<'_, R>, name: &[u8]) -> Result<bool, TarSplitError> {
-    let bad = |e: io::Error| TarSplitError::InvalidTar(format!("{}: bad pax header: {e}", show(name)));
-    let Some(exts) = entry.pax_extensions().map_err(bad)? else {
-        return Ok(false);
-    };
-    for ext in exts {
-        if ext.map_err(bad)?.key_bytes().starts_with(b"GNU.sparse.") {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+/// Regular files (`0`, `7`, and `\0` without a trailing `/`, as the reader
+/// already decided) with data take their content from disk; sparse files
+/// (GNU `S`, PAX `GNU.sparse.*`) carry a map and chunks, so stay inline.
+fn classify(m: &Member) -> Kind {
+    let regular = matches!(m.typeflag, b'0' | b'7');
+    let content = if regular && m.sparse.is_none() && m.data_len > 0 { Some(m.data_len) } else { None };
+    Kind { content, dir: m.typeflag == b'5', global: m.typeflag == b'g' }
 }
 
 /// Names seen so far, to keep the record rebuildable and readable by Go.
@@ -186,7 +161,7 @@ struct PathTracker {
 impl PathTracker {
     /// Check a member against earlier ones; `Ok(true)` if it gets a file entry.
     fn admit(&mut self, name: &[u8], kind: &Kind) -> Result<bool, TarSplitError> {
-        let c = clean(name);
+        let c = key(name);
         if !kind.global && self.replaces_content(&c, kind.dir) {
             return Err(TarSplitError::Overwrite { name: show(name) });
         }
@@ -292,17 +267,17 @@ impl<W: Write> Recorder<W> {
 
     /// Turn an error surfaced by the parser into ours, preferring the
     /// underlying input or output failure the parser only relayed.
-    fn explain(&mut self, e: io::Error) -> TarSplitError {
+    fn explain(&mut self, e: ReadError) -> TarSplitError {
         if let Some(source) = self.write_error.take() {
             return write_error(source);
         }
         if let Some(source) = self.input_error.take() {
             return TarSplitError::Read(source);
         }
-        if self.eof {
-            return TarSplitError::InvalidTar(format!("truncated: {e}"));
+        match e {
+            ReadError::Format(m) => TarSplitError::InvalidTar(m),
+            ReadError::Input(e) => TarSplitError::Read(e),
         }
-        TarSplitError::InvalidTar(e.to_string())
     }
 }
 

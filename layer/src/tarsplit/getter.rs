@@ -171,7 +171,9 @@ mod tests {
     fn refuses_unsafe_names_and_escapes() {
         let (_tmp, root) = fixture();
         for g in [DirGetter::new(&root), DirGetter::walk_only(&root)] {
-            for name in [&b"../outside/secret"[..], b"/etc/passwd", b"a/../../outside/secret", b"", b".", b"a\0b"] {
+            // An absolute name resolves beneath the root, as Docker extracts it.
+            assert_eq!(read(&g, b"/etc/passwd").unwrap_err().kind(), io::ErrorKind::NotFound);
+            for name in [&b"../outside/secret"[..], b"a/../../outside/secret", b"", b".", b"a\0b"] {
                 let err = read(&g, name).unwrap_err();
                 assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{}", show(name));
                 assert!(matches!(TarSplitError::from_io(&err), Some(TarSplitError::UnsafeName { .. })));

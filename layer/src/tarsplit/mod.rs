@@ -8,9 +8,9 @@
 //! - type 2 (segment): `{"type":2,"payload":"<base64 raw bytes>","position":P}`
 //!
 //! Shape and why:
-//! - [`disassemble`] parses with the `tar` crate's default `entries()`, the
-//!   parser the graph driver extracts with, so the record and the extracted
-//!   tree describe the same members (no parser differential). A recording
+//! - [`disassemble`] parses with `graphdriver::archive::reader` (Go's
+//!   rules), the parser the graph driver extracts with, so the record and
+//!   the extracted tree describe the same members (no parser differential). A recording
 //!   reader under the parser splits the stream into segments and content.
 //! - Content that does not land on disk byte for byte (sparse files, data
 //!   carried by non-regular members, a repeated name) is kept inline in
@@ -123,7 +123,12 @@ impl TarSplitError {
                 ErrorKind::InvalidArgument
             }
             // A decompressor under us saying the data is bad, or a short body.
-            Read(e) if matches!(e.kind(), io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof) => {
+            Read(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput | io::ErrorKind::UnexpectedEof
+                ) =>
+            {
                 ErrorKind::InvalidArgument
             }
             Mismatch { .. } => ErrorKind::DataLoss,

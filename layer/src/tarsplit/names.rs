@@ -35,28 +35,27 @@ pub(crate) fn clean(name: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The components of a name that must resolve beneath a root: relative, no
-/// `..`, no NUL, not empty. `.` components and repeated or trailing `/` are
-/// dropped. The error says why the name was refused.
+/// The components of a name that must resolve beneath a root, by the
+/// extractor's rule (`graphdriver::archive::member_components`, Docker's):
+/// a leading `/` is dropped, `..` cancels the previous component and may
+/// not climb above the root, NUL is refused, `.` and repeated or trailing
+/// `/` vanish. The error says why the name was refused.
 pub(crate) fn relative_components(name: &[u8]) -> Result<Vec<&[u8]>, &'static str> {
-    if name.first() == Some(&b'/') {
-        return Err("absolute name");
-    }
-    if name.contains(&0) {
-        return Err("name contains a NUL byte");
-    }
-    let mut parts = Vec::new();
-    for part in name.split(|&b| b == b'/') {
-        match part {
-            b"" | b"." => {}
-            b".." => return Err("name contains a `..` component"),
-            _ => parts.push(part),
-        }
-    }
+    let parts = graphdriver::archive::member_components(name)?;
     if parts.is_empty() {
         return Err("name does not name a file beneath the root");
     }
     Ok(parts)
+}
+
+/// The name a member lands on beneath the root (`.` for the root), or Go's
+/// lexical [`clean`] for names the extractor refuses anyway.
+pub(crate) fn key(name: &[u8]) -> Vec<u8> {
+    match graphdriver::archive::member_components(name) {
+        Ok(parts) if parts.is_empty() => b".".to_vec(),
+        Ok(parts) => parts.join(&b'/'),
+        Err(_) => clean(name),
+    }
 }
 
 /// What an AUFS whiteout name removes: `d/.wh.x` removes `d/x`. Opaque
@@ -89,9 +88,10 @@ pub(crate) fn descendant_prefix(clean: &[u8]) -> Vec<u8> {
     }
 }
 
-/// A name for messages: lossy UTF-8, quoted and escaped.
+/// A name for messages: lossy UTF-8, quoted and escaped, cut after 256
+/// bytes (a name may be a megabyte long).
 pub(crate) fn show(name: &[u8]) -> String {
-    format!("{:?}", String::from_utf8_lossy(name))
+    graphdriver::archive::show_bytes(name)
 }
 
 #[cfg(test)]
@@ -126,7 +126,11 @@ mod tests {
     fn relative_components_refuses_escapes() {
         assert_eq!(relative_components(b"./a//b/").unwrap(), vec![&b"a"[..], b"b"]);
         assert_eq!(relative_components(b"\xff/x").unwrap(), vec![&b"\xff"[..], b"x"]);
-        for bad in [&b"/etc/passwd"[..], b"../x", b"a/../b", b"a/..", b"", b".", b"./", b"a\0b"] {
+        assert_eq!(relative_components(b"/etc/passwd").unwrap(), vec![&b"etc"[..], b"passwd"]);
+        assert_eq!(relative_components(b"a/../b").unwrap(), vec![&b"b"[..]]);
+        assert_eq!(key(b"/etc//x/"), b"etc/x");
+        assert_eq!(key(b"./"), b".");
+        for bad in [&b"../x"[..], b"a/../..", b"a/..", b"", b".", b"./", b"a\0b"] {
             assert!(relative_components(bad).is_err(), "{}", show(bad));
         }
     }

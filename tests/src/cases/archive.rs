@@ -259,7 +259,8 @@ pub async fn diff_getter(cx: Cx) -> CaseResult {
 }
 
 /// One hostile tar per escape route; each is `InvalidArgument`, writes
-/// nothing outside the layer, and leaves the layer removable.
+/// nothing outside the layer, and leaves the layer removable. An absolute
+/// name is no escape: it lands beneath the layer root (Docker's rule).
 pub async fn hostile_tar(cx: Cx) -> CaseResult {
     let work = cx.work().to_path_buf();
     let victim = work.join("victim");
@@ -272,9 +273,6 @@ pub async fn hostile_tar(cx: Cx) -> CaseResult {
     let mut t = TarMaker::new();
     t.raw(format!("../escape-{tag}").as_bytes(), EntryType::Regular, b"", b"x")?;
     cases.push(("a .. path", t));
-    let mut t = TarMaker::new();
-    t.raw(abs.as_bytes(), EntryType::Regular, b"", b"x")?;
-    cases.push(("an absolute path", t));
     let mut t = TarMaker::new();
     t.raw(b"evil", EntryType::Symlink, work.as_os_str().as_encoded_bytes(), b"")?;
     t.raw(format!("evil/pwned-{tag}").as_bytes(), EntryType::Regular, b"", b"x")?;
@@ -297,6 +295,20 @@ pub async fn hostile_tar(cx: Cx) -> CaseResult {
         }
         cx.driver().remove(&id).await.with_context(|| format!("{what}: remove the layer"))?;
     }
+    // An absolute name lands beneath the layer root, as Docker extracts it.
+    let mut t = TarMaker::new();
+    t.raw(abs.as_bytes(), EntryType::Regular, b"", b"x")?;
+    let id = cx.create("target", None).await?;
+    cx.driver()
+        .apply_diff(&id, None, Box::new(std::io::Cursor::new(t.finish()?)))
+        .await
+        .context("an absolute path: want it extracted beneath the layer root")?;
+    let dir = cx.driver().get(&id, "").await?;
+    let inside = dir.join(abs.trim_start_matches('/'));
+    let got = blocking(move || Ok(std::fs::read(&inside)?)).await;
+    cx.driver().put(&id).await?;
+    ensure!(matches!(&got, Ok(d) if d == b"x"), "an absolute path: not beneath the layer root: {got:?}");
+    cx.driver().remove(&id).await.context("an absolute path: remove the layer")?;
     let (w, abs2, t2) = (work.clone(), abs.clone(), tag.clone());
     let leaks = blocking(move || find_named(w.parent().unwrap_or(&w), &t2)).await?;
     ensure!(leaks.is_empty(), "files written outside the layer: {leaks:?}");
