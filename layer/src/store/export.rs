@@ -11,7 +11,7 @@ use graphdriver::{CacheId, IoContext, TarReader};
 use super::{Inner, blocking};
 use crate::checkpoint::{ParallelVerifier, Segments};
 use crate::digest::{ChainId, VerifyingReader};
-use crate::error::Result;
+use crate::error::{LayerStoreError, Result};
 use crate::tarsplit::{Assembler, DirGetter};
 
 impl Inner {
