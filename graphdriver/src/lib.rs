@@ -11,6 +11,7 @@ pub mod archive;
 mod driver;
 mod error;
 mod id;
+pub mod keyed;
 pub mod naive;
 
 pub use driver::{Capabilities, Change, ChangeKind, CreateOpts, Driver, TarReader};

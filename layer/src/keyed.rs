@@ -1,74 +1,40 @@
-//! Per-key async locks (containerd's kmutex idea): work on one ChainID or one
-//! RW name is serialised, work on different keys runs in parallel. A key's
-//! entry exists only while someone holds or waits for it, so the map does not
-//! grow with the number of keys ever used.
+//! Per-key async locks for the store (one per ChainID, one per RW name),
+//! timed: [`graphdriver::keyed::KeyedMutex`] — the one implementation the
+//! drivers use too — with every wait and hold recorded in [`LockStats`].
 
-use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
-use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
+use graphdriver::keyed::{KeyedGuard, KeyedMutex};
 
 use crate::lockstats::{LockStats, Timer};
 
-struct Slot {
-    lock: Arc<AsyncMutex<()>>,
-    users: usize,
-}
-
 pub(crate) struct KeyedLocks<K> {
-    map: Arc<Mutex<HashMap<K, Slot>>>,
+    inner: KeyedMutex<K>,
     stats: Arc<LockStats>,
 }
 
 /// Held while a key is locked; unlocking and freeing the entry happen on drop.
 pub(crate) struct KeyGuard<K: Eq + Hash + Clone> {
-    _guard: OwnedMutexGuard<()>,
-    _user: User<K>,
+    _guard: KeyedGuard<K, ()>,
     _hold: Timer,
-}
-
-/// Counts one user of a key; drop decrements and frees the entry at zero.
-/// Created before awaiting the lock, so a cancelled wait still cleans up.
-struct User<K: Eq + Hash + Clone> {
-    map: Arc<Mutex<HashMap<K, Slot>>>,
-    key: K,
-}
-
-impl<K: Eq + Hash + Clone> Drop for User<K> {
-    fn drop(&mut self) {
-        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(slot) = map.get_mut(&self.key) {
-            slot.users -= 1;
-            if slot.users == 0 {
-                map.remove(&self.key);
-            }
-        }
-    }
 }
 
 impl<K: Eq + Hash + Clone> KeyedLocks<K> {
     pub fn new(stats: Arc<LockStats>) -> Self {
-        KeyedLocks { map: Arc::new(Mutex::new(HashMap::new())), stats }
+        KeyedLocks { inner: KeyedMutex::new(), stats }
     }
 
     pub async fn lock(&self, key: &K) -> KeyGuard<K> {
         let wait = self.stats.wait_timer();
-        let lock = {
-            let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-            let slot = map.entry(key.clone()).or_insert_with(|| Slot { lock: Arc::new(AsyncMutex::new(())), users: 0 });
-            slot.users += 1;
-            slot.lock.clone()
-        };
-        let user = User { map: self.map.clone(), key: key.clone() };
-        let guard = lock.lock_owned().await;
+        let guard = self.inner.lock(key).await;
         drop(wait);
-        KeyGuard { _guard: guard, _user: user, _hold: self.stats.hold_timer() }
+        KeyGuard { _guard: guard, _hold: self.stats.hold_timer() }
     }
 
     /// Keys currently held or waited for (for tests and metrics).
     pub fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.inner.len()
     }
 }
 

@@ -30,15 +30,16 @@ mod mount;
 #[cfg(test)]
 mod testutil;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use graphdriver::keyed::KeyedMutex;
 use graphdriver::{
     CacheId, Capabilities, Change, CreateOpts, Driver, DriverError, IoContext, IoError, Result, TarReader, naive,
 };
@@ -62,7 +63,12 @@ struct MountState {
     mounted: bool,
 }
 
-type Slot = Arc<tokio::sync::Mutex<MountState>>;
+impl graphdriver::keyed::Idle for MountState {
+    /// Unmounted and unused: the entry may go.
+    fn is_idle(&self) -> bool {
+        self.count == 0
+    }
+}
 
 /// The overlay driver. See the module docs.
 #[derive(Debug)]
@@ -71,8 +77,9 @@ pub struct Overlay {
     info: HostInfo,
     /// `index=off,redirect_dir=off,metacopy=off,` as the kernel has them.
     prefix: String,
-    /// Per-id mount state. The map lock is never held across I/O.
-    slots: Mutex<HashMap<CacheId, Slot>>,
+    /// Per-id mount state behind a per-id lock (the keyed lock the store
+    /// uses too); an entry lives while it is held or mounted.
+    mounts: KeyedMutex<CacheId, MountState>,
     /// Child counts, to refuse removing a parent. Never held across I/O.
     family: Mutex<Family>,
     /// Mounts that needed paths relative to the home (page-size fallback).
@@ -109,14 +116,7 @@ impl Overlay {
             }
         }
         let family = Mutex::new(family);
-        Ok(Overlay {
-            layout,
-            info,
-            prefix,
-            slots: Mutex::new(HashMap::new()),
-            family,
-            relative_mounts: AtomicU64::new(0),
-        })
+        Ok(Overlay { layout, info, prefix, mounts: KeyedMutex::new(), family, relative_mounts: AtomicU64::new(0) })
     }
 
     /// Undo every mount below `dir` (a crash's leftovers), before the dir
@@ -130,25 +130,8 @@ impl Overlay {
         &self.info
     }
 
-    fn slots(&self) -> MutexGuard<'_, HashMap<CacheId, Slot>> {
-        self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     fn family(&self) -> MutexGuard<'_, Family> {
         self.family.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn slot(&self, id: &CacheId) -> Slot {
-        self.slots().entry(id.clone()).or_default().clone()
-    }
-
-    /// Drop `id`'s slot if it is idle and nobody else holds it.
-    fn forget_slot(&self, id: &CacheId, slot: &Slot) {
-        let mut slots = self.slots();
-        // Map + ours: no one else can reach it while we hold the map lock.
-        if Arc::strong_count(slot) == 2 && slot.try_lock().is_ok_and(|st| st.count == 0) {
-            slots.remove(id);
-        }
     }
 
     /// The layer dir, or `NotFound`.
@@ -246,8 +229,7 @@ impl Driver for Overlay {
     async fn remove(&self, id: &CacheId) -> Result<()> {
         self.existing(id).await?;
         let has_children = self.family().begin_remove(id)?;
-        let slot = self.slot(id);
-        let mut st = slot.lock().await;
+        let mut st = self.mounts.lock(id).await;
         let was_mounted = st.mounted;
         let res = self.on_layer(id, move |layout, id| family::take_out(layout, id, was_mounted, has_children)).await;
         let (how, trash) = match res {
@@ -261,7 +243,6 @@ impl Driver for Overlay {
         let unneeded = self.family().end_remove(id, how);
         *st = MountState::default();
         drop(st);
-        self.forget_slot(id, &slot);
         // The layer is gone from view; a failed delete is retried at start.
         if let Some(trash) = trash
             && let Err(e) = blocking(move || layout::remove_path(&trash).map_err(DriverError::from)).await
@@ -274,8 +255,7 @@ impl Driver for Overlay {
 
     async fn get(&self, id: &CacheId, mount_label: &str) -> Result<PathBuf> {
         self.existing(id).await?;
-        let slot = self.slot(id);
-        let mut st = slot.lock().await;
+        let mut st = self.mounts.lock(id).await;
         if st.count > 0
             && let Some(path) = st.path.clone()
         {
@@ -286,11 +266,7 @@ impl Driver for Overlay {
         let res = self.on_layer(id, move |layout, id| mount::mount_layer(layout, &prefix, id, &label)).await;
         let (path, mounted, relative) = match res {
             Ok(r) => r,
-            Err(e) => {
-                drop(st);
-                self.forget_slot(id, &slot);
-                return Err(e);
-            }
+            Err(e) => return Err(e),
         };
         if relative {
             self.relative_mounts.fetch_add(1, Ordering::Relaxed);
@@ -301,8 +277,7 @@ impl Driver for Overlay {
 
     async fn put(&self, id: &CacheId) -> Result<()> {
         self.existing(id).await?;
-        let Some(slot) = self.slots().get(id).cloned() else { return Ok(()) };
-        let mut st = slot.lock().await;
+        let Some(mut st) = self.mounts.lock_existing(id).await else { return Ok(()) };
         match st.count {
             0 => return Ok(()),
             1 => {}
@@ -315,8 +290,6 @@ impl Driver for Overlay {
             self.on_layer(id, mount::unmount_layer).await?;
         }
         *st = MountState::default();
-        drop(st);
-        self.forget_slot(id, &slot);
         Ok(())
     }
 
@@ -334,11 +307,12 @@ impl Driver for Overlay {
     }
 
     async fn cleanup(&self) -> Result<()> {
-        let slots: Vec<(CacheId, Slot)> = self.slots().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        // Hold every layer's lock so that no get mounts while we unmount.
+        // Hold every known layer's lock so that no get mounts while we unmount.
         let mut guards = Vec::new();
-        for (id, slot) in slots {
-            guards.push((id, slot.lock_owned().await));
+        for id in self.mounts.keys() {
+            if let Some(g) = self.mounts.lock_existing(&id).await {
+                guards.push((id, g));
+            }
         }
         let mounted: Vec<CacheId> = guards.iter().filter(|(_, g)| g.mounted).map(|(id, _)| id.clone()).collect();
         let layout = self.layout.clone();
@@ -354,7 +328,6 @@ impl Driver for Overlay {
             **g = MountState::default();
         }
         drop(guards);
-        self.slots().retain(|_, slot| Arc::strong_count(slot) > 1);
         res
     }
 
@@ -577,7 +550,7 @@ mod tests {
             assert_eq!(kind, ErrorKind::NotFound);
         }
         assert!(!d.exists(&unknown).await);
-        assert!(d.slots().is_empty(), "idle slots kept");
+        assert!(d.mounts.is_empty(), "idle mount entries kept");
         fx.finish().await;
     }
 
@@ -1059,7 +1032,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_gets_and_puts_of_one_layer() {
-        let fx = Arc::new(Fixture::new());
+        let fx = std::sync::Arc::new(Fixture::new());
         let base = fx.layer(None, tar(&[E::File("f", "base")])).await;
         let rw = CacheId::random();
         fx.d.create_rw(&rw, Some(&base), &opts()).await.unwrap();
@@ -1078,7 +1051,7 @@ mod tests {
             t.await.unwrap();
         }
         assert!(fx.mounts().is_empty());
-        assert!(fx.d.slots().is_empty());
+        assert!(fx.d.mounts.is_empty());
         fx.finish().await;
     }
 
