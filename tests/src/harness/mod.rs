@@ -4,9 +4,10 @@
 //! ([`tars`]) and the commit-path chain checker ([`chain`]).
 
 pub mod chain;
-pub mod manifest;
 pub mod ops;
-pub mod tars;
+
+// Tars and manifests live in the shared test kit.
+pub use testkit::{manifest, tars};
 
 use std::fmt::Write as _;
 use std::fs;
