@@ -15,21 +15,7 @@ use async_trait::async_trait;
 use graphdriver::{CacheId, Change, ChangeKind, CreateOpts, Driver, ErrorKind, TarReader};
 use layer::{ChainId, DiffId, Digest, LayerStoreError, RegisterOpts, RwName, RwOpts, Store};
 
-/// A tar with the given files (path, contents), dirs created as needed.
-fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, path, *data).unwrap();
-    }
-    b.into_inner().unwrap()
-}
+use testkit::tars::files_tar as tar_of;
 
 fn reader(bytes: Vec<u8>) -> TarReader {
     Box::new(Cursor::new(bytes))
