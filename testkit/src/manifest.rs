@@ -15,8 +15,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use crate::xattr::list as list_xattrs;
 use anyhow::Context;
+use graphdriver::archive::fs::list_xattrs;
 use sha2::{Digest, Sha256};
 
 /// One path's facts. Equality ignores `blocks`.

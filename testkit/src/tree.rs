@@ -33,7 +33,7 @@ pub fn dump(root: &Path) -> BTreeMap<String, String> {
         if ft.is_char_device() || ft.is_block_device() {
             desc += &format!(" rdev={}", md.rdev());
         }
-        let x: Vec<String> = crate::xattr::list(path)
+        let x: Vec<String> = graphdriver::archive::fs::list_xattrs(path)
             .expect("xattrs")
             .into_iter()
             .map(|(k, v)| format!("{}={:?}", String::from_utf8_lossy(&k), String::from_utf8_lossy(&v)))
