@@ -11,6 +11,7 @@
 pub mod daemon;
 pub mod http;
 pub mod manifest;
+pub mod mounts;
 pub mod tars;
 pub mod tree;
 

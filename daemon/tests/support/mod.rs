@@ -197,7 +197,5 @@ impl Drop for UnmountOnDrop {
 
 /// Mount points under `dir`, from this process's mount table.
 pub fn mounts_under(dir: &Path) -> Vec<String> {
-    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let prefix = dir.display().to_string();
-    table.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&prefix)).map(str::to_owned).collect()
+    testkit::mounts::mounts_under(dir).unwrap().iter().map(|m| m.display().to_string()).collect()
 }

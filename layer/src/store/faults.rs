@@ -24,20 +24,7 @@ use crate::metadata::{FaultHook, MetaOp};
 use crate::name::RwName;
 use crate::types::{CheckOpts, RegisterOpts};
 
-fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, path, *data).unwrap();
-    }
-    b.into_inner().unwrap()
-}
+use testkit::tars::files_tar as tar_of;
 
 fn driver(root: &Path) -> Arc<dyn Driver> {
     Arc::new(drivers::vfs::Vfs::new(root.join("vfs")).unwrap())
