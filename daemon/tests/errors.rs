@@ -5,6 +5,7 @@
 // A test harness: its helpers panic on any unexpected failure by design.
 #![allow(clippy::unwrap_used)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 mod support;
