@@ -2,8 +2,7 @@
 //! [`testkit::DaemonUnderTest`]) driven by the real `layerctl`, and the
 //! small fixtures the topic files share.
 
-// Each test binary uses a part of this module.
-#![allow(dead_code)]
+pub mod exposition;
 
 use std::io::Write;
 use std::ops::{Deref, DerefMut};

@@ -1,16 +1,10 @@
-//! End-to-end tests, rw: Read-write layers end to end: create, mount, changes, diff, commit, remove.
-//! The real `layerd` on a temp root and socket (see `support`), driven by
-//! the real `layerctl` and by raw HTTP for input the CLI would never send.
-
-// A test harness: its helpers panic on any unexpected failure by design.
-#![allow(clippy::unwrap_used)]
+//! Read-write layers end to end: create, mount, changes, diff, commit, remove.
 
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
-mod support;
-use support::*;
+use crate::support::*;
 
 #[test]
 fn rw_layers_lifecycle() {

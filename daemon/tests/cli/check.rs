@@ -1,14 +1,8 @@
-//! End-to-end tests, check: `layerctl check` (the store's fsck) and `layerctl conformance`, end to end.
-//! The real `layerd` on a temp root and socket (see `support`), driven by
-//! the real `layerctl` and by raw HTTP for input the CLI would never send.
-
-// A test harness: its helpers panic on any unexpected failure by design.
-#![allow(clippy::unwrap_used)]
+//! `layerctl check` (the store's fsck) and `layerctl conformance`, end to end.
 
 use serde_json::{Value, json};
 
-mod support;
-use support::*;
+use crate::support::*;
 
 #[test]
 fn check_reports_repairs_and_verifies() {

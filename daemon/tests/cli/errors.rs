@@ -1,15 +1,10 @@
-//! End-to-end tests, errors: Bad input, end to end: clear 4xx answers (with `kind`), clear CLI errors, and nothing changed or left behind.
-//! The real `layerd` on a temp root and socket (see `support`), driven by
-//! the real `layerctl` and by raw HTTP for input the CLI would never send.
-
-// A test harness: its helpers panic on any unexpected failure by design.
-#![allow(clippy::unwrap_used)]
+//! Bad input, end to end: clear 4xx answers (with `kind`), clear CLI errors,
+//! and nothing changed or left behind.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-mod support;
-use support::*;
+use crate::support::*;
 
 #[test]
 fn bad_input_is_rejected_and_changes_nothing() {

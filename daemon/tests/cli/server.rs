@@ -1,9 +1,6 @@
-//! End-to-end tests, server: The daemon as a process and a server: one daemon per root, SIGTERM and restart, flags and config file, drivers (auto, overlay mounts, migration), TCP with a token, info, metrics and the served OpenAPI document.
-//! The real `layerd` on a temp root and socket (see `support`), driven by
-//! the real `layerctl` and by raw HTTP for input the CLI would never send.
-
-// A test harness: its helpers panic on any unexpected failure by design.
-#![allow(clippy::unwrap_used)]
+//! The daemon as a process and a server: one daemon per root, SIGTERM and
+//! restart, flags and config file, drivers (auto, overlay mounts, migration),
+//! TCP with a token, info, metrics and the served OpenAPI document.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -12,10 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-#[path = "support/exposition.rs"]
-mod exposition;
-mod support;
-use support::*;
+use crate::support::*;
 use testkit::daemon::wait_timeout;
 
 #[test]
@@ -184,7 +178,7 @@ fn metrics_parse_strictly_and_count_what_happened() {
     assert_eq!(r.status, 200);
     assert!(r.head.contains("content-type: application/openmetrics-text; version=1.0.0"), "{}", r.head);
     let text = String::from_utf8(r.body).unwrap();
-    let m = exposition::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let m = crate::support::exposition::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
 
     assert_eq!(m.value("layerd_layers", &[]), Some(1.0), "{text}");
     assert_eq!(m.value("layerd_rw_layers", &[]), Some(1.0));

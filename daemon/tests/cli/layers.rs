@@ -1,9 +1,5 @@
-//! End-to-end tests, layers: Layers end to end: import (file, stdin, compressed), inspect, export, release, short ids, and the CLI's terminal manners.
-//! The real `layerd` on a temp root and socket (see `support`), driven by
-//! the real `layerctl` and by raw HTTP for input the CLI would never send.
-
-// A test harness: its helpers panic on any unexpected failure by design.
-#![allow(clippy::unwrap_used)]
+//! Layers end to end: import (file, stdin, compressed), inspect, export,
+//! release, short ids, and the CLI's terminal manners.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,8 +7,7 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::json;
 
-mod support;
-use support::*;
+use crate::support::*;
 
 #[test]
 fn layers_import_export_and_release() {
