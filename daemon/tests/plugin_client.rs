@@ -70,17 +70,7 @@ fn ok(out: Output, what: &str) -> String {
 }
 
 fn layer_tar() -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data) in [("etc/hosts", &b"127.0.0.1 localhost\n"[..]), ("bin/tool", &[7u8; 70_000][..])] {
-        let mut h = tar::Header::new_ustar();
-        h.set_mode(0o644);
-        h.set_mtime(1_600_000_000);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_size(data.len() as u64);
-        b.append_data(&mut h, path, data).unwrap();
-    }
-    b.into_inner().unwrap()
+    testkit::tars::files_tar(&[("etc/hosts", b"127.0.0.1 localhost\n"), ("bin/tool", &[7u8; 70_000])])
 }
 
 #[test]

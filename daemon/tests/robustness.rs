@@ -8,57 +8,27 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use testkit::http::request;
+use testkit::tars::files_tar as make_tar;
+use testkit::{DaemonUnderTest, Reply};
 
 const LAYERD: &str = env!("CARGO_BIN_EXE_layerd");
 
-/// A daemon on a root and socket; SIGKILLed (and waited for) when dropped.
-struct Daemon {
-    child: Option<Child>,
-    socket: PathBuf,
-    log: PathBuf,
-}
+/// A daemon on a root and socket, stderr logged beside the root;
+/// SIGKILLed (and waited for) when dropped.
+struct Daemon(DaemonUnderTest);
 
 impl Daemon {
     fn start(root: &Path, socket: &Path, extra: &[&str]) -> Daemon {
-        let log = root.with_extension("log");
-        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-        let child = Command::new(LAYERD)
-            .args(["--root", root.to_str().unwrap(), "--socket", socket.to_str().unwrap(), "--driver", "vfs"])
-            .args(["--log-level", "warn"])
-            .args(extra)
-            .env("LAYERD_CONFIG", "/dev/null")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let mut d = Daemon { child: Some(child), socket: socket.to_owned(), log };
-        d.wait_ready();
-        d
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(r) = request(&self.socket, "GET", "/v1/_ping", &[], b"") {
-                assert_eq!(r.status, 200);
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                panic!("layerd exited early ({status}): {log}");
-            }
-            assert!(Instant::now() < deadline, "layerd did not answer _ping in time");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        Daemon(DaemonUnderTest::start_logged(LAYERD.as_ref(), root, socket, extra))
     }
 
     fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
-        request(&self.socket, method, path, headers, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+        self.0.request(method, path, headers, body)
     }
 
     fn json(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8], want: u16) -> Value {
@@ -68,84 +38,13 @@ impl Daemon {
         if r.body.is_empty() { Value::Null } else { serde_json::from_slice(&r.body).unwrap() }
     }
 
+    fn socket(&self) -> PathBuf {
+        self.0.socket().to_owned()
+    }
+
     fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.0.kill9();
     }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-struct Reply {
-    status: u16,
-    /// Status line and headers, lower case.
-    head: String,
-    body: Vec<u8>,
-}
-
-/// One HTTP/1.1 request with `Connection: close`.
-fn request(socket: &Path, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Reply> {
-    let mut stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let mut head =
-        format!("{method} {path} HTTP/1.1\r\nHost: layerd\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    let mut writer = stream.try_clone()?;
-    let mut payload = head.into_bytes();
-    payload.extend_from_slice(body);
-    let sender = std::thread::spawn(move || {
-        let _ = writer.write_all(&payload);
-    });
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let _ = sender.join();
-    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no header end"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
-    let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("no status"))?;
-    let mut body = raw[split + 4..].to_vec();
-    if head.contains("transfer-encoding: chunked") {
-        body = dechunk(&body).ok_or_else(|| bad("bad or truncated chunked body"))?;
-    }
-    Ok(Reply { status, head, body })
-}
-
-fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).ok()?.trim(), 16).ok()?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(data.get(..size)?);
-        data = data.get(size + 2..)?;
-    }
-}
-
-fn make_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, content) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(content.len() as u64);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, path, *content).unwrap();
-    }
-    b.into_inner().unwrap()
 }
 
 fn refs(d: &Daemon, chain: &str) -> u64 {
@@ -304,11 +203,11 @@ fn slow_clients_do_not_stall_the_daemon() {
     for i in 0..STALLED {
         // Every tenth states the same DiffID: the first leads, the others wait on it.
         let query = if i % 10 == 0 { format!("?diff_id={digest}") } else { String::new() };
-        stalled.push(stalled_upload(&d.socket, &query, &big, prefix));
+        stalled.push(stalled_upload(&d.socket(), &query, &big, prefix));
     }
     // A whole upload of the same content waits on the stalled leader.
     let waiter = {
-        let (socket, big, digest) = (d.socket.clone(), big.clone(), digest.clone());
+        let (socket, big, digest) = (d.socket(), big.clone(), digest.clone());
         std::thread::spawn(move || {
             let t = Instant::now();
             let r = request(&socket, "POST", &format!("/v1/layers?diff_id={digest}"), &[], &big).unwrap();
@@ -808,14 +707,14 @@ fn layerctl_retries_a_request_whose_answer_was_lost() {
             .unwrap()
     };
     let proxy = dir.path().join("lossy-rm.sock");
-    let seen = lossy_proxy(d.socket.clone(), &proxy, 1);
+    let seen = lossy_proxy(d.socket(), &proxy, 1);
     let out = ctl(&proxy, &["layer", "rm", &chain]);
     assert!(out.status.success(), "layer rm: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2, "one lost answer, one retry");
     assert_eq!(refs(&d, &chain), 1, "the retry must not drop the other reference");
 
     let proxy = dir.path().join("lossy-create.sock");
-    let seen = lossy_proxy(d.socket.clone(), &proxy, 1);
+    let seen = lossy_proxy(d.socket(), &proxy, 1);
     let out = ctl(&proxy, &["rw", "create", "once", "--parent", &chain]);
     assert!(out.status.success(), "rw create: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);

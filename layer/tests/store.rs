@@ -15,21 +15,7 @@ use async_trait::async_trait;
 use graphdriver::{CacheId, Change, ChangeKind, CreateOpts, Driver, ErrorKind, TarReader};
 use layer::{ChainId, DiffId, Digest, LayerStoreError, RegisterOpts, RwName, RwOpts, Store};
 
-/// A tar with the given files (path, contents), dirs created as needed.
-fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, path, *data).unwrap();
-    }
-    b.into_inner().unwrap()
-}
+use testkit::tars::files_tar as tar_of;
 
 fn reader(bytes: Vec<u8>) -> TarReader {
     Box::new(Cursor::new(bytes))
@@ -532,7 +518,7 @@ async fn start_up_keeps_damaged_layers_and_rw_data() {
         "a kept rw layer's name stays taken"
     );
     assert!(store.get_rw(&RwName::parse("on-a").unwrap()).is_ok());
-    let report = store.check(layer::CheckOpts { repair: true, verify_content: true }).await.unwrap();
+    let report = store.fsck(layer::CheckOpts { repair: true, verify_content: true }).await.unwrap();
     let mut kinds: Vec<(String, String)> =
         report.problems.iter().map(|p| (p.kind.clone(), p.subject.clone())).collect();
     kinds.sort();
@@ -555,7 +541,7 @@ async fn start_up_keeps_damaged_layers_and_rw_data() {
     let p = store.mount(&on_c).await.unwrap();
     assert_eq!(std::fs::read(p.join("container-data")).unwrap(), b"precious");
     store.unmount(&on_c).await.unwrap();
-    let report = store.check(layer::CheckOpts { repair: false, verify_content: true }).await.unwrap();
+    let report = store.fsck(layer::CheckOpts { repair: false, verify_content: true }).await.unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
 
@@ -680,7 +666,7 @@ async fn check_finds_and_repairs_damage() {
     let b = register(&store, &tar_of(&[("g", b"bbbb")]), Some(&a.chain_id)).await;
     store.create_rw(&RwName::parse("c").unwrap(), Some(&b.chain_id), RwOpts::default()).await.unwrap();
     let full = layer::CheckOpts { repair: false, verify_content: true };
-    let clean = store.check(full).await.unwrap();
+    let clean = store.fsck(full).await.unwrap();
     assert_eq!((clean.layers_checked, clean.rw_layers_checked), (2, 1));
     assert!(clean.problems.is_empty(), "{:?}", clean.problems);
     // Damage: an orphaned driver dir, a stray layerdb entry, tampered content.
@@ -689,22 +675,22 @@ async fn check_finds_and_repairs_damage() {
     let stray = env.layerdb().join("sha256").join("ab".repeat(32));
     std::fs::create_dir_all(&stray).unwrap();
     std::fs::write(env.root.join("vfs/dir").join(&a.cache_id).join("f"), b"AAAA").unwrap();
-    let found = store.check(full).await.unwrap();
+    let found = store.fsck(full).await.unwrap();
     let mut kinds: Vec<&str> = found.problems.iter().map(|p| p.kind.as_str()).collect();
     kinds.sort();
     assert_eq!(kinds, vec!["content_mismatch", "orphaned_driver_dir", "stray_layerdb_entry"], "{:?}", found.problems);
-    let repaired = store.check(layer::CheckOpts { repair: true, verify_content: false }).await.unwrap();
+    let repaired = store.fsck(layer::CheckOpts { repair: true, verify_content: false }).await.unwrap();
     assert!(repaired.problems.iter().all(|p| p.repaired), "{:?}", repaired.problems);
     assert!(!stray.exists());
     assert!(!store.driver().exists(&orphan).await);
     // Damaged content is reported, never "repaired" by deleting the layer.
-    let again = store.check(full).await.unwrap();
+    let again = store.fsck(full).await.unwrap();
     assert_eq!(again.problems.len(), 1);
     assert_eq!(again.problems[0].kind, "content_mismatch");
     assert!(store.get(&a.chain_id).is_ok());
     // A driver dir that vanished.
     store.driver().remove(&CacheId::parse(&b.cache_id).unwrap()).await.unwrap();
-    let gone = store.check(layer::CheckOpts::default()).await.unwrap();
+    let gone = store.fsck(layer::CheckOpts::default()).await.unwrap();
     assert!(gone.problems.iter().any(|p| p.kind == "missing_driver_dir" && p.subject == b.chain_id.to_string()));
 }
 
@@ -720,7 +706,7 @@ async fn check_during_concurrent_work_reports_nothing() {
         tokio::spawn(async move {
             let mut runs = 0;
             while !stop.load(Ordering::SeqCst) {
-                let r = store.check(layer::CheckOpts { repair: true, verify_content: false }).await.unwrap();
+                let r = store.fsck(layer::CheckOpts { repair: true, verify_content: false }).await.unwrap();
                 assert!(r.problems.is_empty(), "false positive during concurrent work: {:?}", r.problems);
                 runs += 1;
             }
@@ -749,7 +735,7 @@ async fn check_during_concurrent_work_reports_nothing() {
     stop.store(true, Ordering::SeqCst);
     assert!(checker.await.unwrap() > 0);
     store.settle().await;
-    let end = store.check(layer::CheckOpts { repair: false, verify_content: true }).await.unwrap();
+    let end = store.fsck(layer::CheckOpts { repair: false, verify_content: true }).await.unwrap();
     assert!(end.problems.is_empty(), "{:?}", end.problems);
     assert_eq!(store.list().len(), 20);
     assert_eq!(store.key_entries(), (0, 0, 0), "key locks must be freed when idle");

@@ -26,18 +26,8 @@ const OPS: usize = 150;
 const WATCHDOG: Duration = Duration::from_secs(60);
 
 fn tar_of(files: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, path, &data[..]).unwrap();
-    }
-    b.into_inner().unwrap()
+    let files: Vec<(&str, &[u8])> = files.iter().map(|(p, d)| (p.as_str(), d.as_slice())).collect();
+    testkit::tars::files_tar(&files)
 }
 
 /// One of a small set of contents, so identical registrations collide often.
@@ -148,7 +138,7 @@ async fn worker(store: Store, held: Arc<Mutex<Held>>, seed: u64) {
                 watch("export", export_verified(&store, &c)).await;
             }
             89..=92 => {
-                let r = watch("check", store.check(layer::CheckOpts::default())).await.unwrap();
+                let r = watch("check", store.fsck(layer::CheckOpts::default())).await.unwrap();
                 assert!(r.problems.is_empty(), "check during stress: {:?}", r.problems);
             }
             _ => {
@@ -204,7 +194,7 @@ async fn stress(root: std::path::PathBuf, driver_name: &str) {
             let mut runs = 0u32;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let opts = layer::CheckOpts { repair: true, verify_content: false };
-                let r = watch("check --repair", store.check(opts)).await.unwrap();
+                let r = watch("check --repair", store.fsck(opts)).await.unwrap();
                 assert!(r.problems.is_empty(), "check --repair during stress: {:?}", r.problems);
                 runs += 1;
             }
@@ -239,7 +229,7 @@ async fn stress(root: std::path::PathBuf, driver_name: &str) {
         assert_eq!(&r.parent, parent);
         assert_eq!(r.mount_count, *mounts, "mount count of {}", r.name);
     }
-    let report = store.check(layer::CheckOpts { repair: false, verify_content: true }).await.unwrap();
+    let report = store.fsck(layer::CheckOpts { repair: false, verify_content: true }).await.unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 
     // Every acknowledged reference is on disk: reopen and compare.

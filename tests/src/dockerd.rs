@@ -288,7 +288,7 @@ pub fn unmount_all_under(dir: &Path) -> Result<usize> {
         let mut points: Vec<PathBuf> = info
             .lines()
             .filter_map(|l| l.split(' ').nth(4))
-            .map(|p| PathBuf::from(unescape(p)))
+            .map(|p| PathBuf::from(testkit::mounts::unescape_mountinfo(p)))
             .filter(|p| p != &dir && p.starts_with(&dir))
             .collect();
         if points.is_empty() {
@@ -303,21 +303,4 @@ pub fn unmount_all_under(dir: &Path) -> Result<usize> {
         }
     }
     bail!("mounts under {} would not go away", dir.display())
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

@@ -29,25 +29,25 @@ pub trait Factory: Send + Sync {
 /// A built-in driver by name, through [`drivers::registry::open`] (its home
 /// is `<root>/<name>`), as `layerctl conformance --driver NAME` does it.
 #[derive(Debug, Clone)]
-pub struct Registry {
+pub struct BuiltinFactory {
     name: String,
     parent: Option<PathBuf>,
 }
 
-impl Registry {
-    pub fn new(name: impl Into<String>) -> Registry {
-        Registry { name: name.into(), parent: None }
+impl BuiltinFactory {
+    pub fn new(name: impl Into<String>) -> BuiltinFactory {
+        BuiltinFactory { name: name.into(), parent: None }
     }
 
     /// Make the per-case temp dirs in `dir` (`layerctl conformance --root DIR`).
-    pub fn in_dir(mut self, dir: impl Into<PathBuf>) -> Registry {
+    pub fn in_dir(mut self, dir: impl Into<PathBuf>) -> BuiltinFactory {
         self.parent = Some(dir.into());
         self
     }
 }
 
 #[async_trait]
-impl Factory for Registry {
+impl Factory for BuiltinFactory {
     fn driver_name(&self) -> String {
         self.name.clone()
     }

@@ -28,7 +28,7 @@ pub mod harness;
 mod report;
 mod run;
 
-pub use factory::{Factory, FnFactory, Registry, default_parent_dir, from_fn};
+pub use factory::{BuiltinFactory, Factory, FnFactory, default_parent_dir, from_fn};
 pub use harness::{CaseResult, Cx, Skip, chain, manifest, ops, skip, tars};
 pub use report::{CaseReport, Outcome, Report};
 pub use run::{Case, CaseFn, cases, run_case, run_suite, run_suite_with, stamp_run};
@@ -114,7 +114,7 @@ macro_rules! __case_list {
 /// [`Factory`], evaluated once per test:
 ///
 /// ```no_run
-/// conformance::stamp!(vfs, conformance::Registry::new("vfs"));
+/// conformance::stamp!(vfs, conformance::BuiltinFactory::new("vfs"));
 /// ```
 #[macro_export]
 macro_rules! stamp {

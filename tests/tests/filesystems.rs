@@ -16,7 +16,7 @@ fn suite_on(kind: LoopKind) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut failures = Vec::new();
     for driver in ["vfs", "overlay2"] {
-        let factory = conformance::Registry::new(driver).in_dir(lo.path());
+        let factory = conformance::BuiltinFactory::new(driver).in_dir(lo.path());
         let report = rt.block_on(conformance::run_suite(&factory, None));
         eprintln!("{driver} on {}: {}", kind.name(), report.summary());
         if !report.success() {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use conformance::{Factory, Registry, run_suite_with};
+use conformance::{BuiltinFactory, Factory, run_suite_with};
 use drivers::DriverKind;
 use plugin::{ClientOptions, PluginDriver};
 
@@ -35,7 +35,7 @@ pub async fn run(driver: &str, root: Option<PathBuf>, filter: Option<&str>) -> C
         }
         builtin => builtin.to_string(),
     };
-    let mut factory = Registry::new(name);
+    let mut factory = BuiltinFactory::new(name);
     if let Some(dir) = root {
         factory = factory.in_dir(dir);
     }

@@ -100,23 +100,23 @@ mod tests {
 
     #[test]
     fn every_ref_resolves() {
-        fn walk(doc: &Value, v: &Value, refs: &mut usize) {
+        fn walk(doc: &Value, v: &Value, schema_refs: &mut usize) {
             match v {
                 Value::Object(m) => {
                     if m.contains_key("$ref") {
                         resolve(doc, v);
-                        *refs += 1;
+                        *schema_refs += 1;
                     }
-                    m.values().for_each(|v| walk(doc, v, refs));
+                    m.values().for_each(|v| walk(doc, v, schema_refs));
                 }
-                Value::Array(a) => a.iter().for_each(|v| walk(doc, v, refs)),
+                Value::Array(a) => a.iter().for_each(|v| walk(doc, v, schema_refs)),
                 _ => {}
             }
         }
         let doc = doc();
-        let mut refs = 0;
-        walk(&doc, &doc, &mut refs);
-        assert!(refs > 50, "{refs}");
+        let mut schema_refs = 0;
+        walk(&doc, &doc, &mut schema_refs);
+        assert!(schema_refs > 50, "{schema_refs}");
         assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     }
 

@@ -25,7 +25,7 @@ pub async fn check(
 ) -> ApiResult<Json<CheckReport>> {
     tracing::info!(repair = opts.repair, verify_content = opts.verify_content, "check");
     let store = state.store.clone();
-    let report = state.detached(async move { Ok(store.check(opts).await?) }).await?;
+    let report = state.detached(async move { Ok(store.fsck(opts).await?) }).await?;
     let unrepaired = report.problems.iter().filter(|p| !p.repaired).count();
     tracing::info!(problems = report.problems.len(), unrepaired, "check done");
     Ok(Json(report))

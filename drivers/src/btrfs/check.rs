@@ -14,7 +14,7 @@ pub const BTRFS_SUPER_MAGIC: i64 = crate::fsmagic::BTRFS;
 
 /// Refuse unless `home` (or, if it does not exist yet, its nearest existing
 /// ancestor) is on btrfs. Creates nothing.
-pub fn check(home: &Path) -> Result<()> {
+pub fn require_btrfs(home: &Path) -> Result<()> {
     let mut probe = home;
     let magic = loop {
         match rustix::fs::statfs(probe) {
@@ -55,7 +55,7 @@ impl crate::common::HostProbe for HostInfo {
     /// Refuses a home not on btrfs (as [`check`] does before anything is
     /// created), then gathers the `status()` facts.
     fn probe(home: &Path) -> Result<HostInfo> {
-        check(home)?;
+        require_btrfs(home)?;
         Ok(probe(home))
     }
 }

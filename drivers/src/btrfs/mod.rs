@@ -58,7 +58,7 @@ impl Btrfs {
     /// created), and destroy crash leftovers in `staging/` and `trash/`.
     pub fn new(home: impl Into<PathBuf>) -> Result<Btrfs> {
         let home = home.into();
-        check::check(&home)?;
+        check::require_btrfs(&home)?;
         TreeDriver::open(home, |home| Ok(Subvolumes { info: HostInfo::probe(home)? }))
     }
 }

@@ -24,20 +24,7 @@ use crate::metadata::{FaultHook, MetaOp};
 use crate::name::RwName;
 use crate::types::{CheckOpts, RegisterOpts};
 
-fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, path, *data).unwrap();
-    }
-    b.into_inner().unwrap()
-}
+use testkit::tars::files_tar as tar_of;
 
 fn driver(root: &Path) -> Arc<dyn Driver> {
     Arc::new(drivers::vfs::Vfs::new(root.join("vfs")).unwrap())
@@ -265,7 +252,7 @@ async fn run_with_fault(fail_at: Option<usize>, persistent: bool) -> (usize, Opt
     for (c, bytes) in &exported {
         assert_eq!(&export(&store, c).await, bytes, "{when}: export of {c}");
     }
-    let report = store.check(CheckOpts { repair: false, verify_content: true }).await.unwrap();
+    let report = store.fsck(CheckOpts { repair: false, verify_content: true }).await.unwrap();
     assert!(report.problems.is_empty(), "{when}: check after restart: {:?}", report.problems);
     store.shutdown().await.unwrap();
     (inj.seen.load(Ordering::SeqCst), fired)
@@ -515,7 +502,7 @@ async fn check_repair_spares_an_rw_name_reused_during_the_check() {
     *gated.gate.lock().await = Some((entered_tx, release_rx));
     let check = tokio::spawn({
         let s = store.clone();
-        async move { s.check(CheckOpts { repair: true, verify_content: false }).await }
+        async move { s.fsck(CheckOpts { repair: true, verify_content: false }).await }
     });
     // The check has listed mounts/ with X in it: release X.
     tokio::task::spawn_blocking(move || listed_rx.recv_timeout(Duration::from_secs(30))).await.unwrap().unwrap();

@@ -53,7 +53,7 @@ impl Counts {
 }
 
 #[derive(Debug)]
-enum Slot {
+enum LayerState {
     Live {
         meta: Arc<LayerMeta>,
         counts: Counts,
@@ -112,7 +112,7 @@ impl Busy {
 
 #[derive(Debug, Default)]
 pub(crate) struct Graph {
-    slots: HashMap<ChainId, Slot>,
+    states: HashMap<ChainId, LayerState>,
     /// Layer driver ids being staged or deleted (see [`Busy`]).
     pub busy: Busy,
 }
@@ -120,29 +120,29 @@ pub(crate) struct Graph {
 impl Graph {
     /// A live layer and its counts.
     pub fn get(&self, chain: &ChainId) -> Option<(&Arc<LayerMeta>, Counts)> {
-        match self.slots.get(chain)? {
-            Slot::Live { meta, counts } => Some((meta, *counts)),
-            Slot::Removing(_) => None,
+        match self.states.get(chain)? {
+            LayerState::Live { meta, counts } => Some((meta, *counts)),
+            LayerState::Removing(_) => None,
         }
     }
 
     pub fn live(&self) -> impl Iterator<Item = (&Arc<LayerMeta>, Counts)> {
-        self.slots.values().filter_map(|s| match s {
-            Slot::Live { meta, counts } => Some((meta, *counts)),
-            Slot::Removing(_) => None,
+        self.states.values().filter_map(|s| match s {
+            LayerState::Live { meta, counts } => Some((meta, *counts)),
+            LayerState::Removing(_) => None,
         })
     }
 
     /// Every layer the graph knows, including layers being removed.
     pub fn all_metas(&self) -> impl Iterator<Item = &Arc<LayerMeta>> {
-        self.slots.values().map(|s| match s {
-            Slot::Live { meta, .. } | Slot::Removing(meta) => meta,
+        self.states.values().map(|s| match s {
+            LayerState::Live { meta, .. } | LayerState::Removing(meta) => meta,
         })
     }
 
     /// Every ChainID the graph knows, including layers being removed.
     pub fn all_chains(&self) -> impl Iterator<Item = &ChainId> {
-        self.slots.keys()
+        self.states.keys()
     }
 
     /// Insert a layer loaded from disk (start-up), with its persisted refs.
@@ -150,13 +150,13 @@ impl Graph {
     /// children and mounts.
     pub fn load(&mut self, meta: Arc<LayerMeta>, refs: u64) {
         let counts = Counts { refs, ..Counts::default() };
-        self.slots.insert(meta.chain_id.clone(), Slot::Live { meta, counts });
+        self.states.insert(meta.chain_id.clone(), LayerState::Live { meta, counts });
     }
 
     fn live_mut(&mut self, chain: &ChainId) -> Option<(&Arc<LayerMeta>, &mut Counts)> {
-        match self.slots.get_mut(chain)? {
-            Slot::Live { meta, counts } => Some((meta, counts)),
-            Slot::Removing(_) => None,
+        match self.states.get_mut(chain)? {
+            LayerState::Live { meta, counts } => Some((meta, counts)),
+            LayerState::Removing(_) => None,
         }
     }
 
@@ -198,7 +198,7 @@ impl Graph {
 
     /// The `refs` a release of `chain` would leave and the generation it was
     /// read at, or why it can't be released.
-    pub fn check_release(&self, chain: &ChainId) -> Result<(u64, u64)> {
+    pub fn refs_after_release(&self, chain: &ChainId) -> Result<(u64, u64)> {
         let (_, c) = self.get(chain).ok_or_else(|| LayerStoreError::LayerNotFound(chain.to_string()))?;
         if c.refs == 0 {
             return Err(LayerStoreError::NotRetained {
@@ -217,12 +217,12 @@ impl Graph {
         let mut freed = Vec::new();
         let mut cur = Some(start);
         while let Some(chain) = cur.take() {
-            let Some(Slot::Live { meta, counts }) = self.slots.get(&chain) else { break };
+            let Some(LayerState::Live { meta, counts }) = self.states.get(&chain) else { break };
             if !counts.is_zero() {
                 break;
             }
             let meta = meta.clone();
-            self.slots.insert(chain, Slot::Removing(meta.clone()));
+            self.states.insert(chain, LayerState::Removing(meta.clone()));
             if let Some(parent) = meta.parent_chain()
                 && let Some((_, pc)) = self.live_mut(parent)
             {
@@ -236,13 +236,13 @@ impl Graph {
 
     /// Publish a registered layer: add a reference if it exists already.
     pub fn publish(&mut self, chain: &ChainId) -> Published {
-        match self.slots.get_mut(chain) {
-            Some(Slot::Live { meta, counts }) => {
+        match self.states.get_mut(chain) {
+            Some(LayerState::Live { meta, counts }) => {
                 counts.refs += 1;
                 counts.refs_gen += 1;
                 Published::Existing(meta.clone(), counts.refs_gen)
             }
-            Some(Slot::Removing(old)) => Published::Removing(old.clone()),
+            Some(LayerState::Removing(old)) => Published::Removing(old.clone()),
             None => Published::Absent,
         }
     }
@@ -252,7 +252,7 @@ impl Graph {
     pub fn insert(&mut self, meta: Arc<LayerMeta>) {
         // refs=1 was committed with the metadata.
         let counts = Counts { refs: 1, refs_gen: 1, persisted_gen: 1, ..Counts::default() };
-        self.slots.insert(meta.chain_id.clone(), Slot::Live { meta, counts });
+        self.states.insert(meta.chain_id.clone(), LayerState::Live { meta, counts });
     }
 
     /// Add a reference to a live layer (in memory); returns the generation
@@ -291,7 +291,7 @@ impl Graph {
     }
 
     /// Drop one reference after `refs - 1` (read at generation `gen0` by
-    /// `check_release`) was persisted; frees the layer if nothing holds it.
+    /// `refs_after_release`) was persisted; frees the layer if nothing holds it.
     pub fn release_persisted(&mut self, chain: &ChainId, gen0: u64) -> Vec<Arc<LayerMeta>> {
         match self.live_mut(chain) {
             Some((_, c)) => {
@@ -309,22 +309,22 @@ impl Graph {
 
     /// Whether `meta` (that exact instance) is waiting for finalization.
     pub fn is_removing(&self, meta: &Arc<LayerMeta>) -> bool {
-        matches!(self.slots.get(&meta.chain_id), Some(Slot::Removing(m)) if Arc::ptr_eq(m, meta))
+        matches!(self.states.get(&meta.chain_id), Some(LayerState::Removing(m)) if Arc::ptr_eq(m, meta))
     }
 
     /// Forget a finalized layer.
     pub fn forget(&mut self, meta: &Arc<LayerMeta>) {
         if self.is_removing(meta) {
-            self.slots.remove(&meta.chain_id);
+            self.states.remove(&meta.chain_id);
         }
     }
 
     /// Layers freed at start-up (loaded with every count zero).
     pub fn collect_garbage(&mut self) -> Vec<Arc<LayerMeta>> {
         let zero: Vec<ChainId> = self
-            .slots
+            .states
             .iter()
-            .filter(|&(_k, s)| matches!(s, Slot::Live { counts, .. } if counts.is_zero()))
+            .filter(|&(_k, s)| matches!(s, LayerState::Live { counts, .. } if counts.is_zero()))
             .map(|(k, _s)| k.clone())
             .collect();
         zero.into_iter().flat_map(|c| self.cascade(c)).collect()
@@ -377,7 +377,7 @@ pub(crate) mod tests {
     }
 
     fn release(g: &mut Graph, m: &Arc<LayerMeta>) -> Result<Vec<ChainId>> {
-        let (_, gen0) = g.check_release(&m.chain_id)?;
+        let (_, gen0) = g.refs_after_release(&m.chain_id)?;
         let freed = g.release_persisted(&m.chain_id, gen0);
         for f in &freed {
             g.forget(f);
@@ -436,7 +436,7 @@ pub(crate) mod tests {
         g.mark_persisted(&m.chain_id, generation);
         assert_eq!(g.refs_to_persist(&m.chain_id, b), None, "b's increment is on disk already");
         // A release whose write raced with a retain leaves that retain to write.
-        let (target, gen0) = g.check_release(&m.chain_id).unwrap();
+        let (target, gen0) = g.refs_after_release(&m.chain_id).unwrap();
         assert_eq!(target, 2);
         let (_, c) = g.retain(&m.chain_id).unwrap();
         g.release_persisted(&m.chain_id, gen0);
@@ -460,7 +460,7 @@ pub(crate) mod tests {
     fn publish_over_removing_layer_asks_for_finalization() {
         let mut g = Graph::default();
         let base = register(&mut g, None, b"base");
-        let (_, gen0) = g.check_release(&base.chain_id).unwrap();
+        let (_, gen0) = g.refs_after_release(&base.chain_id).unwrap();
         let freed = g.release_persisted(&base.chain_id, gen0);
         assert_eq!(freed.len(), 1);
         let again = meta(None, b"base");

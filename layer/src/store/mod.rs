@@ -7,11 +7,11 @@
 //! key lock at a time, except that a name key may be held while a chain key
 //! is taken. Filesystem work happens under key locks or no lock at all.
 
-mod check;
 mod damaged;
 mod export;
 #[cfg(test)]
 mod faults;
+mod fsck;
 mod graph;
 mod open;
 mod register;
@@ -35,7 +35,7 @@ use crate::name::RwName;
 use crate::types::{LayerInfo, RegisterOpts, RwInfo, StoreInfo};
 
 use graph::{Counts, Graph, LayerMeta};
-use rw::MountSlot;
+use rw::RwState;
 
 /// Populates an init layer, given its mounted root (Docker's `InitFunc`).
 pub type InitFn = Box<dyn FnOnce(&Path) -> std::io::Result<()> + Send>;
@@ -180,7 +180,7 @@ fn layer_info(meta: &LayerMeta, c: Counts) -> LayerInfo {
 impl Inner {
     /// A copy of every published RW layer (the map lock held for the copy only).
     fn ready_rw(&self) -> Vec<Arc<rw::RwEntry>> {
-        self.mounts.lock().values().filter_map(MountSlot::ready).collect()
+        self.mounts.lock().values().filter_map(RwState::ready).collect()
     }
 
     fn info_of(&self, chain: &ChainId) -> Result<LayerInfo> {
@@ -406,7 +406,7 @@ impl Store {
             let g = self.inner.layers.lock();
             g.live().fold((0u64, 0u64), |(n, s), (m, _)| (n + 1, s + m.size))
         };
-        let rw_layers = self.inner.mounts.lock().values().filter(|s| matches!(s, MountSlot::Ready(_))).count() as u64;
+        let rw_layers = self.inner.mounts.lock().values().filter(|s| matches!(s, RwState::Ready(_))).count() as u64;
         StoreInfo {
             root: self.inner.root.clone(),
             driver: self.inner.driver.name().to_string(),
@@ -422,11 +422,13 @@ impl Store {
         self.inner.stats.clone()
     }
 
-    /// Check the store's consistency (and repair what is safe to repair).
-    /// Layers and RW layers being created or deleted right now are skipped.
-    pub async fn check(&self, opts: crate::types::CheckOpts) -> Result<crate::types::CheckReport> {
+    /// The store's fsck (`layerctl check`, `POST /v1/check`): compare the
+    /// metadata with the disk and the driver, and repair what is safe to
+    /// repair. Layers and RW layers being created or deleted right now are
+    /// skipped.
+    pub async fn fsck(&self, opts: crate::types::CheckOpts) -> Result<crate::types::CheckReport> {
         let inner = self.inner.clone();
-        detached(async move { inner.check(opts).await }).await
+        detached(async move { inner.fsck(opts).await }).await
     }
 
     /// Entries held by the key locks and the singleflight map: (chain keys,

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use super::damaged::{Damaged, DamagedEntry};
 use super::graph::{Graph, LayerMeta};
-use super::rw::{MountSlot, Mounts, RwEntry};
+use super::rw::{Mounts, RwEntry, RwState};
 use super::{Inner, StoreLockStats, blocking};
 use crate::digest::{ChainId, Digest};
 use crate::error::{LayerStoreError, Result};
@@ -255,7 +255,7 @@ pub(super) async fn open(root_lock: RootLock, driver: Arc<dyn Driver>, faults: O
         known.insert(rec.mount_id.clone());
         known.extend(rec.init_id.clone());
         let entry = RwEntry::restored(name.clone(), rec.mount_id, rec.init_id, parent);
-        mounts.insert(name, MountSlot::Ready(Arc::new(entry)));
+        mounts.insert(name, RwState::Ready(Arc::new(entry)));
     }
     for (name, d) in damaged_mounts {
         let path = db.mount_dir(&name);
@@ -321,7 +321,7 @@ pub(super) async fn open(root_lock: RootLock, driver: Arc<dyn Driver>, faults: O
         db,
         driver,
         layers: MapLock::new(graph, stats[0].clone()),
-        mounts: MapLock::new(Mounts { slots: mounts, busy: Default::default() }, stats[1].clone()),
+        mounts: MapLock::new(Mounts { by_name: mounts, busy: Default::default() }, stats[1].clone()),
         chain_keys: KeyedLocks::new(stats[2].clone()),
         name_keys: KeyedLocks::new(stats[3].clone()),
         flights: Flights::new(),

@@ -44,7 +44,7 @@ pub(super) struct Unpublished {
 impl Inner {
     pub(super) async fn release(self: &Arc<Self>, chain: &ChainId) -> Result<Vec<ChainId>> {
         let key = self.chain_keys.lock(chain).await;
-        let (refs, gen0) = self.layers.lock().check_release(chain)?;
+        let (refs, gen0) = self.layers.lock().refs_after_release(chain)?;
         // Persist first: a crash after this leaves a layer that start-up
         // collects if nothing else holds it. `write_refs` fails only if the
         // old count is still the one on disk, so memory stays as it is.

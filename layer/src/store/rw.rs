@@ -17,39 +17,39 @@ use crate::metadata::{MountRecord, remove_any};
 use crate::name::RwName;
 use crate::types::{LayerInfo, RegisterOpts, RwInfo};
 
-/// The RW layers map: slots by name, plus the RW driver ids being created or
+/// The RW layers map: states by name, plus the RW driver ids being created or
 /// deleted (see [`Busy`]), under one lock.
 #[derive(Default)]
 pub(crate) struct Mounts {
-    pub slots: HashMap<RwName, MountSlot>,
+    pub by_name: HashMap<RwName, RwState>,
     pub busy: Busy,
 }
 
 impl std::ops::Deref for Mounts {
-    type Target = HashMap<RwName, MountSlot>;
+    type Target = HashMap<RwName, RwState>;
     fn deref(&self) -> &Self::Target {
-        &self.slots
+        &self.by_name
     }
 }
 
 impl std::ops::DerefMut for Mounts {
     fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.slots
+        &mut self.by_name
     }
 }
 
-pub(crate) enum MountSlot {
+pub(crate) enum RwState {
     /// Taken by a creation or removal in progress; readers treat it as absent.
     Reserved,
     Ready(Arc<RwEntry>),
 }
 
-impl MountSlot {
+impl RwState {
     /// The entry, if published (a reservation is absent to readers).
     pub fn ready(&self) -> Option<Arc<RwEntry>> {
         match self {
-            MountSlot::Ready(e) => Some(e.clone()),
-            MountSlot::Reserved => None,
+            RwState::Ready(e) => Some(e.clone()),
+            RwState::Reserved => None,
         }
     }
 }
@@ -105,14 +105,14 @@ impl RwEntry {
 impl Inner {
     pub(super) fn rw_entry(&self, name: &RwName) -> Result<Arc<RwEntry>> {
         match self.mounts.lock().get(name) {
-            Some(MountSlot::Ready(e)) => Ok(e.clone()),
+            Some(RwState::Ready(e)) => Ok(e.clone()),
             _ => Err(self.damaged.rw_error(name).unwrap_or_else(|| LayerStoreError::RwNotFound(name.to_string()))),
         }
     }
 
     fn unreserve(&self, name: &RwName, ids: &[CacheId]) {
         let mut m = self.mounts.lock();
-        if matches!(m.get(name), Some(MountSlot::Reserved)) {
+        if matches!(m.get(name), Some(RwState::Reserved)) {
             m.remove(name);
         }
         m.busy.unmark(ids);
@@ -131,7 +131,7 @@ impl Inner {
             if m.contains_key(name) || self.damaged.rws.contains_key(name) {
                 return Err(LayerStoreError::NameInUse(name.to_string()));
             }
-            m.insert(name.clone(), MountSlot::Reserved);
+            m.insert(name.clone(), RwState::Reserved);
             m.busy.mark(&ids);
         }
         // Held until the RW layer is published (or its reservation dropped):
@@ -150,7 +150,7 @@ impl Inner {
                 {
                     // Publish and unmark in one critical section.
                     let mut m = self.mounts.lock();
-                    m.insert(name.clone(), MountSlot::Ready(entry));
+                    m.insert(name.clone(), RwState::Ready(entry));
                     m.busy.unmark(&ids);
                 }
                 info!(name = %name, "created rw layer");
@@ -289,11 +289,11 @@ impl Inner {
         {
             let mut m = self.mounts.lock();
             m.busy.mark(&ids);
-            m.insert(name.clone(), MountSlot::Reserved);
+            m.insert(name.clone(), RwState::Reserved);
         }
         let restore = |inner: &Inner| {
             let mut m = inner.mounts.lock();
-            m.insert(name.clone(), MountSlot::Ready(e.clone()));
+            m.insert(name.clone(), RwState::Ready(e.clone()));
             m.busy.unmark(&ids);
         };
         while e.mounts.load(Ordering::SeqCst) > 0 {

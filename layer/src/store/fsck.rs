@@ -1,4 +1,4 @@
-//! `check`: compare the store's view with the disk and the driver, and
+//! `fsck` (the store side of `layerctl check`): compare the store's view with the disk and the driver, and
 //! optionally repair what is safe to repair.
 //!
 //! It runs with no store-wide lock held across I/O. To stay honest while
@@ -15,7 +15,7 @@ use graphdriver::CacheId;
 use tracing::warn;
 
 use super::graph::LayerMeta;
-use super::rw::{MountSlot, RwEntry};
+use super::rw::{RwEntry, RwState};
 use super::{Inner, blocking, blocking_shared};
 use crate::digest::{ChainId, Digest};
 use crate::error::Result;
@@ -28,7 +28,7 @@ fn problem(kind: &str, subject: impl ToString, detail: impl Into<String>) -> Pro
 }
 
 impl Inner {
-    pub(super) async fn check(self: &Arc<Self>, opts: CheckOpts) -> Result<CheckReport> {
+    pub(super) async fn fsck(self: &Arc<Self>, opts: CheckOpts) -> Result<CheckReport> {
         let mut report = CheckReport::default();
         // Disk listings first, then the in-memory snapshot.
         let driver_ids = self.driver.ids().await?;
@@ -47,7 +47,7 @@ impl Inner {
         };
         let (rws, known_names) = {
             let m = self.mounts.lock();
-            let rws: Vec<Arc<RwEntry>> = m.values().filter_map(MountSlot::ready).collect();
+            let rws: Vec<Arc<RwEntry>> = m.values().filter_map(RwState::ready).collect();
             for e in &rws {
                 known_ids.insert(e.mount_id.clone());
                 known_ids.extend(e.init_id.clone());
@@ -61,7 +61,7 @@ impl Inner {
 
         for meta in &layers {
             report.layers_checked += 1;
-            for p in self.check_layer(meta, opts).await {
+            for p in self.fsck_layer(meta, opts).await {
                 // Still this very layer (not deleted, nor deleted and registered anew)?
                 if self.layers.lock().get(&meta.chain_id).is_some_and(|(m, _)| Arc::ptr_eq(m, meta)) {
                     report.problems.push(p);
@@ -70,7 +70,7 @@ impl Inner {
         }
         for e in &rws {
             report.rw_layers_checked += 1;
-            for p in self.check_rw(e).await {
+            for p in self.fsck_rw(e).await {
                 if self.rw_entry(&e.name).is_ok_and(|now| Arc::ptr_eq(&now, e)) {
                     report.problems.push(p);
                 }
@@ -102,10 +102,10 @@ impl Inner {
                     let _key = self.chain_keys.lock(&c).await;
                     let known_now = self.layers.lock().all_chains().any(|k| *k == c);
                     if !known_now {
-                        self.check_stray(&path, opts, &mut report).await;
+                        self.fsck_stray(&path, opts, &mut report).await;
                     }
                 }
-                None => self.check_stray(&path, opts, &mut report).await,
+                None => self.fsck_stray(&path, opts, &mut report).await,
             }
         }
         for name in mount_names {
@@ -119,11 +119,11 @@ impl Inner {
                     // unpublishes holding it. Look again holding it.
                     let _key = self.name_keys.lock(&n).await;
                     if !self.mounts.lock().contains_key(&n) {
-                        self.check_stray(&path, opts, &mut report).await;
+                        self.fsck_stray(&path, opts, &mut report).await;
                     }
                 }
                 // No RW layer can have this name.
-                Err(_) => self.check_stray(&path, opts, &mut report).await,
+                Err(_) => self.fsck_stray(&path, opts, &mut report).await,
             }
         }
         Ok(report)
@@ -131,7 +131,7 @@ impl Inner {
 
     /// A layerdb entry the maps don't know: report (and remove) it if it is
     /// still there — a layer finalized meanwhile has moved to the trash.
-    async fn check_stray(&self, path: &std::path::Path, opts: CheckOpts, report: &mut CheckReport) {
+    async fn fsck_stray(&self, path: &std::path::Path, opts: CheckOpts, report: &mut CheckReport) {
         let p2 = path.to_path_buf();
         if !blocking(move || Ok(p2.exists())).await.unwrap_or(false) {
             return;
@@ -147,7 +147,7 @@ impl Inner {
         report.problems.push(p);
     }
 
-    async fn check_layer(self: &Arc<Self>, meta: &Arc<LayerMeta>, opts: CheckOpts) -> Vec<Problem> {
+    async fn fsck_layer(self: &Arc<Self>, meta: &Arc<LayerMeta>, opts: CheckOpts) -> Vec<Problem> {
         let mut out = Vec::new();
         let chain = &meta.chain_id;
         if !self.driver.exists(&meta.cache_id).await {
@@ -197,7 +197,7 @@ impl Inner {
         out
     }
 
-    async fn check_rw(&self, e: &RwEntry) -> Vec<Problem> {
+    async fn fsck_rw(&self, e: &RwEntry) -> Vec<Problem> {
         let mut out = Vec::new();
         for id in std::iter::once(&e.mount_id).chain(e.init_id.as_ref()) {
             if !self.driver.exists(id).await {

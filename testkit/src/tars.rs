@@ -158,6 +158,77 @@ pub fn pax_records(records: &[(&str, &[u8])]) -> Vec<u8> {
     out
 }
 
+/// A tar of regular files `(path, content)`, mode 0644, owned by root,
+/// mtime 1_700_000_000: the everyday layer of the store and daemon tests.
+pub fn files_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut t = TarMaker::new();
+    for (path, data) in files {
+        t.file(path, data, 0o644).expect("append to an in-memory tar");
+    }
+    t.finish().expect("finish an in-memory tar")
+}
+
+/// One entry for [`tar_of`].
+pub enum E<'a> {
+    Dir(&'a str),
+    File(&'a str, &'a str),
+    /// `.wh.<name>`, mode 0600.
+    Whiteout(&'a str),
+    /// `<dir>/.wh..wh..opq`, mode 0600.
+    Opaque(&'a str),
+    Symlink(&'a str, &'a str),
+}
+
+/// A tar of `entries`, in order, all owned by root, mtime 1_700_000_000
+/// (directories 0755, files 0644, whiteout markers 0600).
+pub fn tar_of(entries: &[E<'_>]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = Header::new_gnu();
+        h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        let (name, data): (String, &[u8]) = match e {
+            E::Dir(p) => {
+                h.set_entry_type(EntryType::Directory);
+                h.set_mode(0o755);
+                (format!("{p}/"), b"")
+            }
+            E::File(p, data) => {
+                h.set_entry_type(EntryType::Regular);
+                h.set_mode(0o644);
+                (p.to_string(), data.as_bytes())
+            }
+            E::Whiteout(p) => {
+                h.set_entry_type(EntryType::Regular);
+                h.set_mode(0o600);
+                let (dir, base) = p.rsplit_once('/').map_or(("", *p), |(d, b)| (d, b));
+                (if dir.is_empty() { format!(".wh.{base}") } else { format!("{dir}/.wh.{base}") }, b"")
+            }
+            E::Opaque(dir) => {
+                h.set_entry_type(EntryType::Regular);
+                h.set_mode(0o600);
+                (format!("{dir}/.wh..wh..opq"), b"")
+            }
+            E::Symlink(p, target) => {
+                h.set_entry_type(EntryType::Symlink);
+                h.set_mode(0o777);
+                h.set_link_name(target).expect("link name");
+                (p.to_string(), b"")
+            }
+        };
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, name, data).expect("append");
+    }
+    b.into_inner().expect("tar")
+}
+
+/// The entry names of a tar, in order.
+pub fn names(tar: &[u8]) -> Vec<String> {
+    let mut ar = tar::Archive::new(tar);
+    ar.entries().expect("entries").map(|e| e.expect("entry").path().expect("path").display().to_string()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
