@@ -187,7 +187,7 @@ fn our_reader_reads_exactly_what_gos_reads() {
 /// from this corpus: run by hand after changing it
 /// (`cargo test -p conformance --test go_tar -- --ignored write_fuzz_seeds`).
 #[test]
-#[ignore]
+#[ignore = "a generator, not a check: rewrites the checked-in fuzz seeds; run by hand"]
 fn write_fuzz_seeds() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
     let write = |target: &str, name: &str, bytes: &[u8]| {
