@@ -91,11 +91,13 @@ pub(crate) async fn remove_via_trash(
     Ok(())
 }
 
-/// The ids of the entries of `dir` that `keep` accepts, sorted; anything
-/// else is logged and ignored.
+/// The ids of the entries of `dir` that `keep` accepts, sorted; the
+/// driver's own dirs (`own`) are skipped; anything else is logged and
+/// ignored.
 pub(crate) async fn list_ids(
     driver: &'static str,
     dir: PathBuf,
+    own: &'static [&'static str],
     keep: fn(&Path) -> Result<bool>,
 ) -> Result<Vec<CacheId>> {
     blocking(move || {
@@ -103,6 +105,9 @@ pub(crate) async fn list_ids(
         for entry in fs::read_dir(&dir).ctx("read dir", &dir)? {
             let entry = entry.ctx("read dir", &dir)?;
             let name = entry.file_name();
+            if name.to_str().is_some_and(|n| own.contains(&n)) {
+                continue;
+            }
             match name.to_str().map(CacheId::parse) {
                 Some(Ok(id)) if keep(&entry.path())? => ids.push(id),
                 _ => tracing::warn!(driver, name = ?name, dir = %dir.display(), "ignoring a stray entry"),

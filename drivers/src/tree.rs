@@ -215,7 +215,7 @@ impl<B: TreeBackend> Driver for TreeDriver<B> {
     }
 
     async fn ids(&self) -> Result<Vec<CacheId>> {
-        list_ids(B::NAME, self.home.join(B::LAYERS), is_layer_path::<B>).await
+        list_ids(B::NAME, self.home.join(B::LAYERS), &[], is_layer_path::<B>).await
     }
 
     fn capabilities(&self) -> Capabilities {

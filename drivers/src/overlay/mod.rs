@@ -63,6 +63,10 @@ struct MountState {
     mounted: bool,
 }
 
+fn is_dir(p: &std::path::Path) -> Result<bool> {
+    Ok(fs::symlink_metadata(p).map(|m| m.is_dir()).unwrap_or(false))
+}
+
 impl graphdriver::keyed::Idle for MountState {
     /// Unmounted and unused: the entry may go.
     fn is_idle(&self) -> bool {
@@ -198,19 +202,14 @@ impl Overlay {
 }
 
 fn check_opts(opts: &CreateOpts) -> Result<()> {
-    if let Some(key) = opts.storage_opt.keys().next() {
-        return Err(match key.as_str() {
-            "size" => DriverError::Unsupported {
-                driver: NAME.into(),
-                why: "the size option needs xfs project quotas, which this overlay driver does not implement".into(),
-            },
-            _ => DriverError::InvalidArgument(format!("unknown overlay storage option {key:?}")),
-        });
-    }
-    Ok(())
+    reject_storage_opts(
+        NAME,
+        opts,
+        "the size option needs xfs project quotas, which this overlay driver does not implement",
+    )
 }
 
-use crate::common::blocking;
+use crate::common::{blocking, list_ids, reject_storage_opts};
 
 #[async_trait]
 impl Driver for Overlay {
@@ -332,20 +331,7 @@ impl Driver for Overlay {
     }
 
     async fn ids(&self) -> Result<Vec<CacheId>> {
-        let home = self.layout.home.clone();
-        blocking(move || {
-            let mut ids = Vec::new();
-            for entry in fs::read_dir(&home).ctx("read dir", &home)? {
-                let entry = entry.ctx("read dir", &home)?;
-                let Some(Ok(id)) = entry.file_name().to_str().map(CacheId::parse) else { continue };
-                if entry.file_type().ctx("stat", entry.path())?.is_dir() {
-                    ids.push(id);
-                }
-            }
-            ids.sort();
-            Ok(ids)
-        })
-        .await
+        list_ids(NAME, self.layout.home.clone(), &["l", "staging", "trash", "tmp"], is_dir).await
     }
 
     fn capabilities(&self) -> Capabilities {
