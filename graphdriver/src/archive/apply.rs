@@ -5,6 +5,8 @@
 //! operation is ours and relative to a directory fd reached component by
 //! component with `O_NOFOLLOW`, so an entry can never write through a
 //! symlink, and names that climb above the root are refused before any lookup.
+//! The directories of the last member's path stay open for the next member
+//! (`dircache.rs`, which says why that is safe).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -18,11 +20,12 @@ use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timestamps, Uid, XattrFla
 use rustix::io::Errno;
 
 use super::fs::{open_dir_at, proc_path, remove_all_at};
+use super::dircache::{Dir, DirCache};
 use super::header::MAX_PATH;
 use super::header::{
     Kind, Meta, Pax, Rel, check_symlink, content_errno, invalid, meta, parse_path, pax_of, read_err, show, shown_lossy,
 };
-use super::pathset::{PathSet, ROOT};
+use super::pathset::PathSet;
 use super::reader::{Member, Reader};
 use super::sparse;
 use super::whiteout::{self, WHITEOUT_META_PREFIX, Whiteout};
@@ -32,8 +35,14 @@ use crate::error::{ArchiveError, IoContext, IoError};
 pub(super) fn apply(dir: &Path, tar: &mut dyn Read, opts: &ApplyOptions) -> Result<u64, ArchiveError> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let root = rustix::fs::open(dir, flags, Mode::empty()).map_err(io::Error::from).ctx("open", dir)?;
-    let mut ap =
-        Applier { dir, root, format: opts.whiteouts, unpacked: PathSet::default(), dirs: HashMap::new(), written: 0 };
+    let mut ap = Applier {
+        dir,
+        cache: DirCache::new(root),
+        format: opts.whiteouts,
+        unpacked: PathSet::default(),
+        dirs: HashMap::new(),
+        written: 0,
+    };
     let mut rd = Reader::new(tar);
     while let Some(m) = rd.next_member().map_err(read_err(dir))? {
         ap.entry(&m, &mut rd)?;
@@ -44,7 +53,8 @@ pub(super) fn apply(dir: &Path, tar: &mut dyn Read, opts: &ApplyOptions) -> Resu
 
 pub(super) struct Applier<'a> {
     pub(super) dir: &'a Path,
-    pub(super) root: OwnedFd,
+    /// The layer root and the directories of the last path opened below it.
+    pub(super) cache: DirCache,
     pub(super) format: WhiteoutFormat,
     /// Paths written (or created as parents) by this tar: an opaque marker
     /// keeps these.
@@ -101,8 +111,8 @@ impl Applier<'_> {
                 )));
             }
             let meta = meta(m, &pax, &shown)?;
-            let fd = self.root.try_clone().map_err(self.io("dup fd of", &rel))?;
-            return self.set_dir_meta(fd, rel, meta);
+            let (_, root) = self.cache.reuse(&rel);
+            return self.set_dir_meta(&root.fd, rel, meta);
         }
         // Whiteout markers are empty regular files: one with a body could
         // not be exported again (nothing on disk holds the body).
@@ -133,23 +143,22 @@ impl Applier<'_> {
     }
 
     /// Open the directory `rel`, creating missing components (mode 0755) if
-    /// `create`. `None`: missing and not created.
-    fn open_dir(&mut self, rel: &[Vec<u8>], create: bool, shown: &str) -> Result<Option<OwnedFd>, ArchiveError> {
-        let mut fd = self.root.try_clone().map_err(self.io("dup fd of", &[]))?;
-        let mut node = ROOT;
-        for (i, comp) in rel.iter().enumerate() {
+    /// `create`. `None`: missing and not created. Components the cache
+    /// holds open are not looked up again; the rest are opened one by one
+    /// with `O_NOFOLLOW` from the deepest cached one.
+    fn open_dir(&mut self, rel: &[Vec<u8>], create: bool, shown: &str) -> Result<Option<Dir>, ArchiveError> {
+        let (start, mut dir) = self.cache.reuse(rel);
+        for (i, comp) in rel.iter().enumerate().skip(start) {
             let name = OsStr::from_bytes(comp);
-            if create {
-                node = self.unpacked.child(node, comp);
-            }
-            let next = match open_dir_at(fd.as_fd(), name) {
+            let node = self.unpacked.child(dir.node, comp);
+            let next = match open_dir_at(dir.fd.as_fd(), name) {
                 Ok(next) => next,
                 Err(err) => match err.raw_os_error() {
                     Some(libc::ENOENT) if create => {
-                        rustix::fs::mkdirat(&fd, name, Mode::from_raw_mode(0o755))
+                        rustix::fs::mkdirat(&*dir.fd, name, Mode::from_raw_mode(0o755))
                             .map_err(io::Error::from)
                             .map_err(self.io("mkdir", &rel[..=i]))?;
-                        let next = open_dir_at(fd.as_fd(), name).map_err(self.io("open", &rel[..=i]))?;
+                        let next = open_dir_at(dir.fd.as_fd(), name).map_err(self.io("open", &rel[..=i]))?;
                         rustix::fs::fchmod(&next, Mode::from_raw_mode(0o755))
                             .map_err(io::Error::from)
                             .map_err(self.io("chmod", &rel[..=i]))?;
@@ -169,13 +178,55 @@ impl Applier<'_> {
                     _ => return Err(self.io("open", &rel[..=i])(err)),
                 },
             };
-            fd = next;
+            dir = self.cache.push(i, comp, next, node);
         }
-        Ok(Some(fd))
+        Ok(Some(dir))
     }
 
-    pub(super) fn must_open_dir(&mut self, rel: &[Vec<u8>], shown: &str) -> Result<OwnedFd, ArchiveError> {
+    pub(super) fn must_open_dir(&mut self, rel: &[Vec<u8>], shown: &str) -> Result<Dir, ArchiveError> {
         self.open_dir(rel, true, shown)?.ok_or_else(|| invalid(format!("{shown}: parent directory vanished")))
+    }
+
+    /// Clear the way for a member at `name`: remove what is there (a whole
+    /// tree for a directory), except that a directory stays when the member
+    /// is one (`keep_dir`; returns whether it stayed).
+    fn make_room(&mut self, pfd: &OwnedFd, name: &OsStr, rel: &[Vec<u8>], keep_dir: bool) -> Result<bool, ArchiveError> {
+        let st = match rustix::fs::statat(pfd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Ok(false),
+            Err(err) => return Err(self.io("stat", rel)(err.into())),
+        };
+        let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+        if is_dir && keep_dir {
+            return Ok(true);
+        }
+        // From here on `rel` is no longer the directory the cache may hold.
+        self.cache.forget(rel);
+        if is_dir {
+            remove_all_at(pfd.as_fd(), name).map_err(self.io("remove", rel))?;
+        } else {
+            rustix::fs::unlinkat(pfd, name, AtFlags::empty()).map_err(io::Error::from).map_err(self.io("unlink", rel))?;
+        }
+        Ok(false)
+    }
+
+    /// Create a non-directory with `create`; if something is in the way
+    /// (`EEXIST`), replace it and try once more. Most members land on a
+    /// free name, so this costs no lookup before the create.
+    fn create_replacing<T>(
+        &mut self,
+        pfd: &OwnedFd,
+        name: &OsStr,
+        rel: &[Vec<u8>],
+        create: impl Fn() -> rustix::io::Result<T>,
+    ) -> Result<rustix::io::Result<T>, ArchiveError> {
+        match create() {
+            Err(Errno::EXIST) => {
+                self.make_room(pfd, name, rel, false)?;
+                Ok(create())
+            }
+            res => Ok(res),
+        }
     }
 
     fn write<R: Read>(
@@ -190,47 +241,41 @@ impl Applier<'_> {
         let (parent, base) = rel.split_at(rel.len() - 1);
         let name = OsStr::from_bytes(&base[0]);
         let meta = meta(m, &pax, &shown)?;
-        let pfd = self.must_open_dir(parent, &shown)?;
-
-        // Replace whatever is there, except that a directory stays a directory.
-        let mut keep_dir = false;
-        match rustix::fs::statat(&pfd, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => {
-                let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
-                if is_dir && kind == Kind::Dir {
-                    keep_dir = true;
-                } else if is_dir {
-                    remove_all_at(pfd.as_fd(), name).map_err(self.io("remove", rel))?;
-                } else {
-                    rustix::fs::unlinkat(&pfd, name, AtFlags::empty())
-                        .map_err(io::Error::from)
-                        .map_err(self.io("unlink", rel))?;
-                }
-            }
-            Err(Errno::NOENT) => {}
-            Err(err) => return Err(self.io("stat", rel)(err.into())),
-        }
-
+        let dir = self.must_open_dir(parent, &shown)?;
+        let pfd = &*dir.fd;
+        let node = self.unpacked.child(dir.node, &base[0]);
+        let os = |err: Errno| io::Error::from(err);
         match kind {
             Kind::Dir => {
-                if !keep_dir {
-                    rustix::fs::mkdirat(&pfd, name, Mode::from_raw_mode(0o700))
-                        .map_err(io::Error::from)
-                        .map_err(self.io("mkdir", rel))?;
-                }
+                // An existing directory stays (the member sets its metadata).
+                let mode = Mode::from_raw_mode(0o700);
+                let made = match rustix::fs::mkdirat(pfd, name, mode) {
+                    Err(Errno::EXIST) if self.make_room(pfd, name, rel, true)? => Ok(()),
+                    Err(Errno::EXIST) => rustix::fs::mkdirat(pfd, name, mode),
+                    res => res,
+                };
+                made.map_err(os).map_err(self.io("mkdir", rel))?;
                 let fd = open_dir_at(pfd.as_fd(), name).map_err(self.io("open", rel))?;
-                self.set_dir_meta(fd, rel.to_vec(), meta)?;
+                // Its members usually follow: keep it open for them.
+                let this = self.cache.push(parent.len(), &base[0], fd, node);
+                self.set_dir_meta(&this.fd, rel.to_vec(), meta)?;
             }
-            Kind::File => self.file(m, rd, &pfd, name, rel, meta)?,
+            Kind::File => self.file(m, rd, pfd, name, rel, meta)?,
             Kind::Symlink => {
                 let target = pax.link.clone().ok_or_else(|| invalid(format!("{shown}: symlink without a target")))?;
                 check_symlink(parent.len(), &target).map_err(|m| invalid(format!("{shown}: {m}")))?;
-                rustix::fs::symlinkat(OsStr::from_bytes(&target), &pfd, name)
-                    .map_err(io::Error::from)
+                let target = OsStr::from_bytes(&target);
+                self.create_replacing(pfd, name, rel, || rustix::fs::symlinkat(target, pfd, name))?
+                    .map_err(os)
                     .map_err(self.io("symlink", rel))?;
-                self.set_meta_at(&pfd, name, rel, &meta, false)?;
+                self.set_meta_at(pfd, name, rel, &meta, false)?;
             }
-            Kind::Link => self.hardlink(pax.link.as_deref(), &pfd, name, rel)?,
+            Kind::Link => {
+                // The old order (clear the name, then resolve the target), so a
+                // link into the tree it replaces fails as it always did.
+                self.make_room(pfd, name, rel, false)?;
+                self.hardlink(pax.link.as_deref(), pfd, name, rel)?;
+            }
             Kind::Char | Kind::Block | Kind::Fifo => {
                 let (ft, dev) = match kind {
                     Kind::Fifo => (FileType::Fifo, 0),
@@ -243,13 +288,14 @@ impl Applier<'_> {
                         (ft, rustix::fs::makedev(major, minor))
                     }
                 };
-                rustix::fs::mknodat(&pfd, name, ft, Mode::from_raw_mode(0o600), dev)
-                    .map_err(io::Error::from)
+                let mode = Mode::from_raw_mode(0o600);
+                self.create_replacing(pfd, name, rel, || rustix::fs::mknodat(pfd, name, ft, mode, dev))?
+                    .map_err(os)
                     .map_err(self.io("mknod", rel))?;
-                self.set_meta_at(&pfd, name, rel, &meta, true)?;
+                self.set_meta_at(pfd, name, rel, &meta, true)?;
             }
         }
-        self.unpacked.insert(rel);
+        self.unpacked.mark(node);
         Ok(())
     }
 
@@ -264,7 +310,8 @@ impl Applier<'_> {
     ) -> Result<(), ArchiveError> {
         let shown = show(rel);
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat(pfd, name, flags, Mode::from_raw_mode(0o600))
+        let fd = self
+            .create_replacing(pfd, name, rel, || rustix::fs::openat(pfd, name, flags, Mode::from_raw_mode(0o600)))?
             .map_err(io::Error::from)
             .map_err(self.io("create", rel))?;
         let mut file = File::from(fd);
@@ -326,20 +373,21 @@ impl Applier<'_> {
         }
         let (tparent, tbase) = target.split_at(target.len() - 1);
         let missing = || invalid(format!("{shown}: hardlink target {} does not exist in the layer", show(&target)));
-        let tfd = self
+        let tdir = self
             .open_dir(tparent, false, &format!("{shown}: hardlink target {}", show(&target)))?
             .ok_or_else(missing)?;
+        let tfd = &*tdir.fd;
         // On overlay a whited-out path is a 0/0 character device: linking
         // to it would make a second whiteout, not a file (vfs, which
         // removes the path, finds nothing to link to).
         if self.format == WhiteoutFormat::Overlay
-            && let Ok(st) = rustix::fs::statat(&tfd, OsStr::from_bytes(&tbase[0]), AtFlags::SYMLINK_NOFOLLOW)
+            && let Ok(st) = rustix::fs::statat(tfd, OsStr::from_bytes(&tbase[0]), AtFlags::SYMLINK_NOFOLLOW)
             && FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice
             && st.st_rdev == 0
         {
             return Err(missing());
         }
-        match rustix::fs::linkat(&tfd, OsStr::from_bytes(&tbase[0]), pfd, name, AtFlags::empty()) {
+        match rustix::fs::linkat(tfd, OsStr::from_bytes(&tbase[0]), pfd, name, AtFlags::empty()) {
             Ok(()) => Ok(()),
             Err(Errno::NOENT) => Err(missing()),
             Err(Errno::PERM) => Err(invalid(format!("{shown}: hardlink target {} is a directory", show(&target)))),
@@ -385,9 +433,9 @@ impl Applier<'_> {
     }
 
     /// Owner and xattrs now; mode and times once every entry is in.
-    fn set_dir_meta(&mut self, fd: OwnedFd, rel: Rel, meta: Meta) -> Result<(), ArchiveError> {
+    fn set_dir_meta(&mut self, fd: &OwnedFd, rel: Rel, meta: Meta) -> Result<(), ArchiveError> {
         let os = |err: Errno| io::Error::from(err);
-        rustix::fs::fchown(&fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))
+        rustix::fs::fchown(fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))
             .map_err(os)
             .map_err(self.io("chown", &rel))?;
         // A directory member describes the directory's whole metadata: on an
@@ -397,13 +445,13 @@ impl Applier<'_> {
         for (k, _) in existing {
             let keep = k.starts_with(b"trusted.overlay.") || k == b"security.selinux";
             if !keep && !meta.xattrs.iter().any(|(n, _)| *n == k) {
-                rustix::fs::fremovexattr(&fd, OsStr::from_bytes(&k))
+                rustix::fs::fremovexattr(fd, OsStr::from_bytes(&k))
                     .map_err(os)
                     .map_err(self.io("removexattr", &rel))?;
             }
         }
         for (k, v) in &meta.xattrs {
-            rustix::fs::fsetxattr(&fd, OsStr::from_bytes(k), v, XattrFlags::empty())
+            rustix::fs::fsetxattr(fd, OsStr::from_bytes(k), v, XattrFlags::empty())
                 .map_err(os)
                 .map_err(self.io("setxattr", &rel))?;
         }
@@ -418,13 +466,13 @@ impl Applier<'_> {
         for (rel, (mode, times)) in dirs {
             // Later entries may have removed or replaced the directory.
             let fd = match self.open_dir(&rel, false, &show(&rel)) {
-                Ok(Some(fd)) => fd,
+                Ok(Some(dir)) => dir.fd,
                 Ok(None) | Err(ArchiveError::InvalidTar(_)) => continue,
                 Err(err) => return Err(err),
             };
             let os = |err: Errno| io::Error::from(err);
-            rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(os).map_err(self.io("chmod", &rel))?;
-            rustix::fs::futimens(&fd, &times).map_err(os).map_err(self.io("set times of", &rel))?;
+            rustix::fs::fchmod(&*fd, Mode::from_raw_mode(mode)).map_err(os).map_err(self.io("chmod", &rel))?;
+            rustix::fs::futimens(&*fd, &times).map_err(os).map_err(self.io("set times of", &rel))?;
         }
         Ok(())
     }

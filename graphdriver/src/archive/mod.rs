@@ -22,6 +22,7 @@ use crate::error::ArchiveError;
 
 mod apply;
 mod changes;
+mod dircache;
 mod export;
 pub mod fs;
 mod header;

@@ -2,7 +2,7 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use rustix::fs::{FileType, Mode, XattrFlags};
@@ -67,11 +67,13 @@ impl Applier<'_> {
     pub(super) fn whiteout(&mut self, parent: &[Vec<u8>], name: &[u8], shown: &str) -> Result<(), ArchiveError> {
         let mut target = parent.to_vec();
         target.push(name.to_vec());
-        let pfd = self.must_open_dir(parent, shown)?;
+        let pfd = self.must_open_dir(parent, shown)?.fd;
         let os_name = OsStr::from_bytes(name);
+        // The cache must not hand out the removed directory again.
+        self.cache.forget(&target);
         remove_all_at(pfd.as_fd(), os_name).map_err(self.io("remove", &target))?;
         if self.format == WhiteoutFormat::Overlay {
-            rustix::fs::mknodat(&pfd, os_name, FileType::CharacterDevice, Mode::empty(), rustix::fs::makedev(0, 0))
+            rustix::fs::mknodat(&*pfd, os_name, FileType::CharacterDevice, Mode::empty(), rustix::fs::makedev(0, 0))
                 .map_err(io::Error::from)
                 .map_err(self.io("mknod whiteout", &target))?;
             self.unpacked.insert(&target);
@@ -82,26 +84,30 @@ impl Applier<'_> {
     }
 
     pub(super) fn opaque(&mut self, dir: &[Vec<u8>], shown: &str) -> Result<(), ArchiveError> {
-        let fd = self.must_open_dir(dir, shown)?;
+        let fd = self.must_open_dir(dir, shown)?.fd;
         match self.format {
-            WhiteoutFormat::Overlay => rustix::fs::fsetxattr(&fd, OVERLAY_OPAQUE_XATTR, b"y", XattrFlags::empty())
+            WhiteoutFormat::Overlay => rustix::fs::fsetxattr(&*fd, OVERLAY_OPAQUE_XATTR, b"y", XattrFlags::empty())
                 .map_err(io::Error::from)
                 .map_err(self.io("set opaque xattr on", dir)),
-            WhiteoutFormat::Remove => self.prune(fd, dir.to_vec()),
+            WhiteoutFormat::Remove => {
+                // Anything below `dir` may go: the cache must not hand it out.
+                self.cache.forget_below(dir);
+                self.prune(fd.as_fd(), dir.to_vec())
+            }
         }
     }
 
     /// Remove everything below `dir` that this tar did not write.
-    fn prune(&self, fd: OwnedFd, dir: Rel) -> Result<(), ArchiveError> {
-        for child in list_dir(fd.as_fd()).map_err(self.io("read dir", &dir))? {
+    fn prune(&self, fd: BorrowedFd<'_>, dir: Rel) -> Result<(), ArchiveError> {
+        for child in list_dir(fd).map_err(self.io("read dir", &dir))? {
             let mut rel = dir.clone();
             rel.push(child.as_bytes().to_vec());
             if !self.unpacked.contains(&rel) {
-                remove_all_at(fd.as_fd(), &child).map_err(self.io("remove", &rel))?;
+                remove_all_at(fd, &child).map_err(self.io("remove", &rel))?;
                 continue;
             }
-            match open_dir_at(fd.as_fd(), &child) {
-                Ok(sub) => self.prune(sub, rel)?,
+            match open_dir_at(fd, &child) {
+                Ok(sub) => self.prune(sub.as_fd(), rel)?,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR) | Some(libc::ELOOP)) => {}
                 Err(e) => return Err(self.io("open", &rel)(e)),
             }
