@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
@@ -23,7 +24,7 @@ use super::fs::{open_dir_at, proc_path, remove_all_at};
 use super::dircache::{Dir, DirCache};
 use super::header::MAX_PATH;
 use super::header::{
-    Kind, Meta, Pax, Rel, check_symlink, content_errno, invalid, meta, parse_path, pax_of, read_err, show, shown_lossy,
+    Kind, Meta, Pax, Rel, check_symlink, content_errno, invalid, meta, parse_path, pax_of, read_err, show, shown_lossy, Shown,
 };
 use super::pathset::PathSet;
 use super::reader::{Member, Reader};
@@ -42,6 +43,7 @@ pub(super) fn apply(dir: &Path, tar: &mut dyn Read, opts: &ApplyOptions) -> Resu
         unpacked: PathSet::default(),
         dirs: HashMap::new(),
         written: 0,
+        buf: vec![0; COPY_BUF],
     };
     let mut rd = Reader::new(tar);
     while let Some(m) = rd.next_member().map_err(read_err(dir))? {
@@ -64,7 +66,12 @@ pub(super) struct Applier<'a> {
     /// Docker's `UnpackLayer` size: the sum of every member's header size,
     /// a sparse file counting its logical size (as Go's reader reports it).
     pub(super) written: u64,
+    /// File data passes through here ([`COPY_BUF`] bytes).
+    buf: Vec<u8>,
 }
+
+/// Most files of a small-file tar fit: one `write` each.
+const COPY_BUF: usize = 128 * 1024;
 
 impl Applier<'_> {
     /// Wrap an io error with its operation and the full path of `rel`; an
@@ -84,7 +91,7 @@ impl Applier<'_> {
         let pax = pax_of(m)?;
         let raw = &m.name;
         let rel = parse_path(raw, "path")?;
-        let shown = show(&rel);
+        let shown = Shown(&rel);
         // Whatever later walks the layer by full path (size, diff, export
         // of a child, removal; Docker itself) fails on paths of PATH_MAX
         // bytes or more: refuse them now rather than store a layer that
@@ -146,7 +153,7 @@ impl Applier<'_> {
     /// `create`. `None`: missing and not created. Components the cache
     /// holds open are not looked up again; the rest are opened one by one
     /// with `O_NOFOLLOW` from the deepest cached one.
-    fn open_dir(&mut self, rel: &[Vec<u8>], create: bool, shown: &str) -> Result<Option<Dir>, ArchiveError> {
+    fn open_dir(&mut self, rel: &[Vec<u8>], create: bool, shown: &dyn fmt::Display) -> Result<Option<Dir>, ArchiveError> {
         let (start, mut dir) = self.cache.reuse(rel);
         for (i, comp) in rel.iter().enumerate().skip(start) {
             let name = OsStr::from_bytes(comp);
@@ -183,7 +190,7 @@ impl Applier<'_> {
         Ok(Some(dir))
     }
 
-    pub(super) fn must_open_dir(&mut self, rel: &[Vec<u8>], shown: &str) -> Result<Dir, ArchiveError> {
+    pub(super) fn must_open_dir(&mut self, rel: &[Vec<u8>], shown: &dyn fmt::Display) -> Result<Dir, ArchiveError> {
         self.open_dir(rel, true, shown)?.ok_or_else(|| invalid(format!("{shown}: parent directory vanished")))
     }
 
@@ -237,7 +244,7 @@ impl Applier<'_> {
         rel: &[Vec<u8>],
         pax: Pax,
     ) -> Result<(), ArchiveError> {
-        let shown = show(rel);
+        let shown = Shown(rel);
         let (parent, base) = rel.split_at(rel.len() - 1);
         let name = OsStr::from_bytes(&base[0]);
         let meta = meta(m, &pax, &shown)?;
@@ -308,7 +315,7 @@ impl Applier<'_> {
         rel: &[Vec<u8>],
         meta: Meta,
     ) -> Result<(), ArchiveError> {
-        let shown = show(rel);
+        let shown = Shown(rel);
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = self
             .create_replacing(pfd, name, rel, || rustix::fs::openat(pfd, name, flags, Mode::from_raw_mode(0o600)))?
@@ -317,6 +324,8 @@ impl Applier<'_> {
         let mut file = File::from(fd);
         let avail = m.data_len;
         let truncated = || invalid(format!("{shown}: tar is truncated inside the file data"));
+        // Lent out while `write_err` borrows `self`; put back below.
+        let mut buf = std::mem::take(&mut self.buf);
         let write_err = |err: io::Error| match err.raw_os_error() {
             // EINVAL: a seek past the largest offset the filesystem allows.
             Some(libc::EFBIG | libc::EINVAL) => {
@@ -329,21 +338,19 @@ impl Applier<'_> {
             }
             _ => self.io("write", rel)(err),
         };
-        let size = if let Some(map) = &m.sparse {
+        let copied = if let Some(map) = &m.sparse {
             let size = u64::try_from(m.size).unwrap_or(0);
-            sparse::check_map(map, size, avail).map_err(|why| invalid(format!("{shown}: {why}")))?;
-            if !sparse::write_chunks(&mut file, rd, map, size).map_err(write_err)? {
-                return Err(truncated());
-            }
-            size
+            sparse::check_map(map, size, avail)
+                .map_err(|why| invalid(format!("{shown}: {why}")))
+                .and_then(|()| sparse::write_chunks(&mut buf, &mut file, rd, map, size).map_err(write_err))
+                .and_then(|complete| if complete { Ok(size) } else { Err(truncated()) })
         } else {
-            let n = io::copy(&mut io::Read::take(&mut *rd, avail), &mut file).map_err(write_err)?;
-            if n != avail {
-                return Err(truncated());
-            }
-            avail
+            sparse::copy_data(&mut buf, rd, &mut file, avail)
+                .map_err(write_err)
+                .and_then(|n| if n == avail { Ok(avail) } else { Err(truncated()) })
         };
-        self.written += size;
+        self.buf = buf;
+        self.written += copied?;
         let os = |err: Errno| io::Error::from(err);
         rustix::fs::fchown(&file, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))
             .map_err(os)
@@ -365,7 +372,7 @@ impl Applier<'_> {
         name: &OsStr,
         rel: &[Vec<u8>],
     ) -> Result<(), ArchiveError> {
-        let shown = show(rel);
+        let shown = Shown(rel);
         let raw = link.ok_or_else(|| invalid(format!("{shown}: hardlink without a target")))?;
         let target = parse_path(raw, &format!("{shown}: hardlink target"))?;
         if target.is_empty() {

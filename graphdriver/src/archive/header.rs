@@ -21,6 +21,17 @@ pub(super) fn show(rel: &[Vec<u8>]) -> String {
     show_bytes(&rel.join(&b'/'))
 }
 
+/// [`show`], made only when an error is formatted: a member that applies
+/// cleanly costs no string.
+#[derive(Clone, Copy)]
+pub(super) struct Shown<'a>(pub(super) &'a [Vec<u8>]);
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&show(self.0))
+    }
+}
+
 /// A name for messages: quoted, lossy UTF-8, cut after 256 bytes so an
 /// error about a megabyte-long name stays a short error.
 pub fn show_bytes(raw: &[u8]) -> String {
@@ -177,7 +188,7 @@ pub(super) fn pax_of(m: &Member) -> Result<Pax, ArchiveError> {
     Ok(pax)
 }
 
-pub(super) fn meta(m: &Member, pax: &Pax, shown: &str) -> Result<Meta, ArchiveError> {
+pub(super) fn meta(m: &Member, pax: &Pax, shown: &dyn std::fmt::Display) -> Result<Meta, ArchiveError> {
     let id = |what: &str, v: i64| u32::try_from(v).map_err(|_| invalid(format!("{shown}: {what} {v} out of range")));
     let uid = id("uid", m.uid)?;
     let gid = id("gid", m.gid)?;

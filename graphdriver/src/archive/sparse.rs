@@ -4,7 +4,33 @@
 //! data; they are written with holes left as holes.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+
+/// Copy up to `len` bytes of `data` into `file` through `buf`, filling the
+/// buffer before each write: a file that fits in `buf` is one `write`
+/// (`io::copy` writes every 8 KiB). Returns the bytes copied; fewer than
+/// `len` means `data` ended.
+pub(crate) fn copy_data(buf: &mut [u8], data: &mut dyn Read, file: &mut File, len: u64) -> io::Result<u64> {
+    let mut done = 0u64;
+    while done < len {
+        let want = usize::try_from(len - done).map_or(buf.len(), |left| left.min(buf.len()));
+        let mut filled = 0;
+        while filled < want {
+            match data.read(&mut buf[filled..want]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        file.write_all(&buf[..filled])?;
+        done += filled as u64;
+        if filled < want {
+            break;
+        }
+    }
+    Ok(done)
+}
 
 /// Check a map against the expanded size and the data that carries it.
 pub(crate) fn check_map(map: &[(u64, u64)], size: u64, data_len: u64) -> Result<(), String> {
@@ -28,10 +54,16 @@ pub(crate) fn check_map(map: &[(u64, u64)], size: u64, data_len: u64) -> Result<
 
 /// Write the chunks of `map` from `data` at their offsets, then extend the
 /// file to `size`. Returns false if `data` ran short.
-pub(crate) fn write_chunks(file: &mut File, data: &mut dyn Read, map: &[(u64, u64)], size: u64) -> io::Result<bool> {
+pub(crate) fn write_chunks(
+    buf: &mut [u8],
+    file: &mut File,
+    data: &mut dyn Read,
+    map: &[(u64, u64)],
+    size: u64,
+) -> io::Result<bool> {
     for &(off, len) in map {
         file.seek(SeekFrom::Start(off))?;
-        if io::copy(&mut data.take(len), file)? != len {
+        if copy_data(buf, data, file, len)? != len {
             return Ok(false);
         }
     }

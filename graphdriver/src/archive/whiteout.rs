@@ -64,7 +64,7 @@ pub(crate) fn is_overlay_xattr(name: &[u8]) -> bool {
 
 /// Applying whiteout entries to the target directory.
 impl Applier<'_> {
-    pub(super) fn whiteout(&mut self, parent: &[Vec<u8>], name: &[u8], shown: &str) -> Result<(), ArchiveError> {
+    pub(super) fn whiteout(&mut self, parent: &[Vec<u8>], name: &[u8], shown: &dyn std::fmt::Display) -> Result<(), ArchiveError> {
         let mut target = parent.to_vec();
         target.push(name.to_vec());
         let pfd = self.must_open_dir(parent, shown)?.fd;
@@ -83,7 +83,7 @@ impl Applier<'_> {
         Ok(())
     }
 
-    pub(super) fn opaque(&mut self, dir: &[Vec<u8>], shown: &str) -> Result<(), ArchiveError> {
+    pub(super) fn opaque(&mut self, dir: &[Vec<u8>], shown: &dyn std::fmt::Display) -> Result<(), ArchiveError> {
         let fd = self.must_open_dir(dir, shown)?.fd;
         match self.format {
             WhiteoutFormat::Overlay => rustix::fs::fsetxattr(&*fd, OVERLAY_OPAQUE_XATTR, b"y", XattrFlags::empty())
