@@ -210,6 +210,16 @@ async fn main() {
         store.register(Box::new(file), RegisterOpts::default()).await.expect("register");
         let took = t.elapsed();
         println!("one import of {} files, 4 levels deep: {:.3} s", shape.files, took.as_secs_f64());
+        if std::env::var_os("LAYERD_BENCH_DRIVER_ONLY").is_some() {
+            // The extraction alone (no hashing, tar-split or metadata).
+            let driver = drivers::overlay::Overlay::new(fs.join("driver-only")).expect("overlay driver");
+            let id = graphdriver::CacheId::random();
+            driver.create(&id, None, &Default::default()).await.expect("create");
+            let file = File::open(&tar).expect("open tar");
+            let t = Instant::now();
+            driver.apply_diff(&id, None, Box::new(file)).await.expect("apply");
+            println!("driver apply_diff alone: {:.3} s", t.elapsed().as_secs_f64());
+        }
         store.shutdown().await.expect("shutdown");
     }
     if wanted("small") {

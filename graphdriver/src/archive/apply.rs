@@ -637,6 +637,162 @@ mod tests {
         }
     }
 
+    /// The directory-fd cache (`dircache.rs`) holds `d/sub` open after the
+    /// first member; each later member below changes what `d/sub` is. The
+    /// outcome must be the one a fresh walk from the root gives: refused
+    /// where the walk meets a symlink or a file (`O_NOFOLLOW|O_DIRECTORY`
+    /// fails on a symlink with `ENOTDIR`, so both read "is not a
+    /// directory"), the new tree otherwise, and nothing written outside the
+    /// layer either way.
+    #[test]
+    fn cached_directories_are_dropped_when_a_member_changes_them() {
+        let f = fixture();
+        let sent = f.sentinel.display().to_string();
+        let sent_dir = f.sentinel.parent().unwrap().display().to_string();
+        // (what, tar, Ok(files that must exist) or Err(words of the refusal))
+        type Want = Result<&'static [&'static str], &'static str>;
+        let cases: Vec<(&str, Vec<u8>, Want, Want)> = vec![
+            (
+                "symlink swapped in for a cached dir",
+                raw_tar(&[(b"d/sub/f1", REG, b"", b"1"), (b"d/sub", SYM, sent.as_bytes(), b""), (b"d/sub/f2", REG, b"", b"2")]),
+                Err("is not a directory"),
+                Err("is not a directory"),
+            ),
+            (
+                "symlink swapped in for a cached ancestor",
+                raw_tar(&[(b"d/sub/f1", REG, b"", b"1"), (b"d", SYM, sent_dir.as_bytes(), b""), (b"d/sub/f2", REG, b"", b"2")]),
+                Err("is not a directory"),
+                Err("is not a directory"),
+            ),
+            (
+                "cached dir replaced by a file",
+                raw_tar(&[(b"d/sub/f1", REG, b"", b"1"), (b"d/sub", REG, b"", b"file"), (b"d/sub/f2", REG, b"", b"2")]),
+                Err("is not a directory"),
+                Err("is not a directory"),
+            ),
+            (
+                "cached dir replaced by a directory member (kept)",
+                raw_tar(&[(b"d/sub/f1", REG, b"", b"1"), (b"d/sub/", DIR, b"", b""), (b"d/sub/f2", REG, b"", b"2")]),
+                Ok(&["d/sub/f1", "d/sub/f2"]),
+                Ok(&["d/sub/f1", "d/sub/f2"]),
+            ),
+            (
+                "cached dir whited out, then written again",
+                raw_tar(&[(b"d/sub/f1", REG, b"", b"1"), (b"d/.wh.sub", REG, b"", b""), (b"d/sub/f2", REG, b"", b"2")]),
+                Ok(&["d/sub/f2"]),
+                // On overlay the whiteout is a device where the dir was.
+                Err("is not a directory"),
+            ),
+            (
+                "cached ancestor whited out, then written again",
+                raw_tar(&[(b"d/sub/f1", REG, b"", b"1"), (b".wh.d", REG, b"", b""), (b"d/sub/f2", REG, b"", b"2")]),
+                Ok(&["d/sub/f2"]),
+                Err("is not a directory"),
+            ),
+            (
+                "hardlink to a path under a dir replaced by a symlink",
+                raw_tar(&[(b"d/sub/f1", REG, b"", b"1"), (b"d/sub", SYM, sent.as_bytes(), b""), (b"h", LNK, b"d/sub/file", b"")]),
+                Err("is not a directory"),
+                Err("is not a directory"),
+            ),
+            (
+                "hardlink to a path under a dir replaced by a file",
+                raw_tar(&[(b"d/sub/f1", REG, b"", b"1"), (b"d/sub", REG, b"", b"x"), (b"h", LNK, b"d/sub/f1", b"")]),
+                Err("is not a directory"),
+                Err("is not a directory"),
+            ),
+            (
+                "hardlink to a path under a whited-out dir",
+                raw_tar(&[(b"d/sub/f1", REG, b"", b"1"), (b"d/.wh.sub", REG, b"", b""), (b"h", LNK, b"d/sub/f1", b"")]),
+                Err("does not exist"),
+                Err("is not a directory"),
+            ),
+            (
+                "hardlink replacing the dir that holds its target",
+                raw_tar(&[(b"d/sub/f1", REG, b"", b"1"), (b"d/sub", LNK, b"d/sub/f1", b"")]),
+                Err("does not exist"),
+                Err("does not exist"),
+            ),
+            (
+                "dot-dot games around a cached dir",
+                raw_tar(&[
+                    (b"d/sub/f1", REG, b"", b"1"),
+                    (b"d/sub/../sub2/f2", REG, b"", b"2"),
+                    (b"d/sub/./../../d/sub/f3", REG, b"", b"3"),
+                    (b"d/sub", SYM, sent.as_bytes(), b""),
+                    // Cleaned lexically to `d/f4`: beside the symlink, not through it.
+                    (b"d/sub/../f4", REG, b"", b"4"),
+                ]),
+                Ok(&["d/sub2/f2", "d/f4"]),
+                Ok(&["d/sub2/f2", "d/f4"]),
+            ),
+            (
+                "dot-dot climbing out from a cached dir",
+                raw_tar(&[(b"d/sub/f1", REG, b"", b"1"), (b"d/sub/../../../pwned", REG, b"", b"x")]),
+                Err("pwned"),
+                Err("pwned"),
+            ),
+        ];
+        for (what, tar, want_remove, want_overlay) in cases {
+            for (format, want) in [(WhiteoutFormat::Remove, want_remove), (WhiteoutFormat::Overlay, want_overlay)] {
+                fs::remove_dir_all(&f.layer).unwrap();
+                fs::create_dir(&f.layer).unwrap();
+                let got = apply_bytes(&f.layer, &tar, format);
+                match (want, got) {
+                    (Ok(files), Ok(_)) => {
+                        for file in files {
+                            assert!(f.layer.join(file).is_file(), "{what} ({format:?}): {file} missing");
+                        }
+                    }
+                    (Err(words), Err(err)) => {
+                        assert!(matches!(err, ArchiveError::InvalidTar(_)), "{what} ({format:?}): {err}");
+                        assert!(err.to_string().contains(words), "{what} ({format:?}): {err}");
+                    }
+                    (want, got) => panic!("{what} ({format:?}): want {want:?}, got {got:?}"),
+                }
+                assert_eq!(names(&f.sentinel), ["file"], "{what} ({format:?}): sentinel touched");
+                assert_eq!(fs::read(f.sentinel.join("file")).unwrap(), b"precious", "{what}");
+                assert_eq!(fs::metadata(f.sentinel.join("file")).unwrap().nlink(), 1, "{what}: linked");
+                let beside: Vec<_> = fs::read_dir(f.layer.parent().unwrap()).unwrap().collect();
+                assert_eq!(beside.len(), 2, "{what} ({format:?}): something written next to the layer");
+            }
+        }
+    }
+
+    /// An opaque marker (naive format) prunes what this tar did not write,
+    /// cached directories included: a later member recreates the directory
+    /// instead of writing into the removed one.
+    #[test]
+    fn opaque_prune_drops_cached_directories() {
+        let f = fixture();
+        fs::create_dir_all(f.layer.join("d/old/x")).unwrap();
+        fs::write(f.layer.join("d/old/x/lower"), b"lower").unwrap();
+        let tar = raw_tar(&[
+            // Caches d, d/old and d/old/x (none written by this tar).
+            (b"d/old/x/f1", REG, b"", b"1"),
+            (b"d/new/f2", REG, b"", b"2"),
+            (b"d/.wh..wh..opq", REG, b"", b""),
+            (b"d/old/x/f3", REG, b"", b"3"),
+        ]);
+        remove(&f.layer, &tar).unwrap();
+        // d/old was there before the tar: pruned with everything below it
+        // (f1 too), and made again for f3.
+        assert_eq!(names(&f.layer.join("d")), ["new", "old"]);
+        assert_eq!(names(&f.layer.join("d/old/x")), ["f3"]);
+        // Now a prune that does remove the cached dir.
+        let f = fixture();
+        fs::create_dir_all(f.layer.join("d/old/x")).unwrap();
+        let tar = raw_tar(&[
+            (b"d/keep", REG, b"", b"k"),
+            (b"d/old/x/.wh.gone", REG, b"", b""),
+            (b"d/.wh..wh..opq", REG, b"", b""),
+            (b"d/old/x/f3", REG, b"", b"3"),
+        ]);
+        remove(&f.layer, &tar).unwrap();
+        assert_eq!(names(&f.layer.join("d")), ["keep", "old"]);
+        assert_eq!(names(&f.layer.join("d/old/x")), ["f3"]);
+    }
+
     /// On overlay, `f` whited out is a 0/0 device: a hardlink to it would
     /// be a second whiteout. Refused as on vfs, where `f` is gone.
     #[test]
