@@ -105,7 +105,8 @@ fn make_tar(shape: &Shape, path: &Path) -> u64 {
         h.set_mtime(1_700_000_000);
         let off = (i * 4093) % (data.len() / 2);
         let head = size.min(data.len() / 2);
-        let body = std::io::Read::chain(&data[off..off + head], std::io::Read::take(std::io::repeat(7), (size - head) as u64));
+        let body =
+            std::io::Read::chain(&data[off..off + head], std::io::Read::take(std::io::repeat(7), (size - head) as u64));
         b.append_data(&mut h, format!("{dir}f{i}"), body).expect("tar file");
     }
     b.into_inner().expect("tar").flush().expect("flush tar");
@@ -123,7 +124,8 @@ fn sync_fs(path: &Path) {
 }
 
 async fn open_store(root: &Path) -> Store {
-    let driver: Arc<dyn Driver> = Arc::new(drivers::overlay::Overlay::new(root.join("overlay2")).expect("overlay driver"));
+    let driver: Arc<dyn Driver> =
+        Arc::new(drivers::overlay::Overlay::new(root.join("overlay2")).expect("overlay driver"));
     Store::open(root, driver).await.expect("open store")
 }
 

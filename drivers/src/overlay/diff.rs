@@ -44,9 +44,11 @@ pub fn applied_size(layout: &Layout, id: &CacheId) -> Result<u64> {
 }
 
 /// Extract `tar` into the layer's `diff/`, whiteouts as overlay reads them.
-pub fn apply(layout: &Layout, id: &CacheId, tar: &mut dyn Read) -> Result<u64> {
+/// Returns the tar's size and, when counted exactly while extracting, the
+/// [`applied_size`].
+pub fn apply(layout: &Layout, id: &CacheId, tar: &mut dyn Read) -> Result<archive::Applied> {
     let opts = ApplyOptions { whiteouts: WhiteoutFormat::Overlay };
-    Ok(archive::apply_tar(&layout.diff(id), tar, &opts)?)
+    Ok(archive::apply_tar_measured(&layout.diff(id), tar, &opts)?)
 }
 
 /// Extract `tar` into `dir` (a merged view), deleting whited-out paths.

@@ -372,8 +372,13 @@ impl Driver for Overlay {
         // and otherwise applies naively and reports the tar's size.
         self.on_layer(id, move |layout, id| {
             if diff::is_parent(layout, id, parent.as_ref())? {
-                let tar_size = diff::apply(layout, id, &mut tar)?;
-                if native_diff { diff::applied_size(layout, id) } else { Ok(tar_size) }
+                let applied = diff::apply(layout, id, &mut tar)?;
+                match (native_diff, applied.lstat_size) {
+                    // Counted while extracting: no second walk of the tree.
+                    (true, Some(size)) => Ok(size),
+                    (true, None) => diff::applied_size(layout, id),
+                    (false, _) => Ok(applied.tar_size),
+                }
             } else {
                 diff::apply_through_mount(layout, &prefix, id, &mut tar)
             }

@@ -20,22 +20,36 @@ use std::path::Path;
 use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timestamps, Uid, XattrFlags};
 use rustix::io::Errno;
 
-use super::fs::{open_dir_at, proc_path, remove_all_at};
 use super::dircache::{Dir, DirCache};
+use super::fs::{list_dir, open_dir_at, proc_path, remove_all_at};
 use super::header::MAX_PATH;
 use super::header::{
-    Kind, Meta, Pax, Rel, check_symlink, content_errno, invalid, meta, parse_path, pax_of, read_err, show, shown_lossy, Shown,
+    Kind, Meta, Pax, Rel, Shown, check_symlink, content_errno, invalid, meta, parse_path, pax_of, read_err, show,
+    shown_lossy,
 };
 use super::pathset::PathSet;
 use super::reader::{Member, Reader};
 use super::sparse;
 use super::whiteout::{self, WHITEOUT_META_PREFIX, Whiteout};
-use super::{ApplyOptions, WHITEOUT_OPAQUE, WhiteoutFormat};
+use super::{Applied, ApplyOptions, WHITEOUT_OPAQUE, WhiteoutFormat};
 use crate::error::{ArchiveError, IoContext, IoError};
 
 pub(super) fn apply(dir: &Path, tar: &mut dyn Read, opts: &ApplyOptions) -> Result<u64, ArchiveError> {
+    Ok(apply_measured(dir, tar, opts, false)?.tar_size)
+}
+
+/// [`apply`], and with `measure` the size of the tree as `dir_size` would
+/// find it, counted while writing where that is exact (see [`Applied`]).
+pub(super) fn apply_measured(
+    dir: &Path,
+    tar: &mut dyn Read,
+    opts: &ApplyOptions,
+    measure: bool,
+) -> Result<Applied, ArchiveError> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let root = rustix::fs::open(dir, flags, Mode::empty()).map_err(io::Error::from).ctx("open", dir)?;
+    // Counting is exact only from an empty directory: nothing to count twice.
+    let lstat_size = if measure && list_dir(root.as_fd()).ctx("read dir", dir)?.is_empty() { Some(0) } else { None };
     let mut ap = Applier {
         dir,
         cache: DirCache::new(root),
@@ -43,6 +57,7 @@ pub(super) fn apply(dir: &Path, tar: &mut dyn Read, opts: &ApplyOptions) -> Resu
         unpacked: PathSet::default(),
         dirs: HashMap::new(),
         written: 0,
+        lstat_size,
         buf: vec![0; COPY_BUF],
     };
     let mut rd = Reader::new(tar);
@@ -50,7 +65,7 @@ pub(super) fn apply(dir: &Path, tar: &mut dyn Read, opts: &ApplyOptions) -> Resu
         ap.entry(&m, &mut rd)?;
     }
     ap.finish_dirs()?;
-    Ok(ap.written)
+    Ok(Applied { tar_size: ap.written, lstat_size: ap.lstat_size })
 }
 
 pub(super) struct Applier<'a> {
@@ -66,6 +81,10 @@ pub(super) struct Applier<'a> {
     /// Docker's `UnpackLayer` size: the sum of every member's header size,
     /// a sparse file counting its logical size (as Go's reader reports it).
     pub(super) written: u64,
+    /// The tree's size by `dir_size`'s rule (non-directories by `lstat`
+    /// size, each inode once), kept while it is exact: from an empty
+    /// directory, nothing removed since. `None` once unknown.
+    pub(super) lstat_size: Option<u64>,
     /// File data passes through here ([`COPY_BUF`] bytes).
     buf: Vec<u8>,
 }
@@ -153,7 +172,12 @@ impl Applier<'_> {
     /// `create`. `None`: missing and not created. Components the cache
     /// holds open are not looked up again; the rest are opened one by one
     /// with `O_NOFOLLOW` from the deepest cached one.
-    fn open_dir(&mut self, rel: &[Vec<u8>], create: bool, shown: &dyn fmt::Display) -> Result<Option<Dir>, ArchiveError> {
+    fn open_dir(
+        &mut self,
+        rel: &[Vec<u8>],
+        create: bool,
+        shown: &dyn fmt::Display,
+    ) -> Result<Option<Dir>, ArchiveError> {
         let (start, mut dir) = self.cache.reuse(rel);
         for (i, comp) in rel.iter().enumerate().skip(start) {
             let name = OsStr::from_bytes(comp);
@@ -197,7 +221,13 @@ impl Applier<'_> {
     /// Clear the way for a member at `name`: remove what is there (a whole
     /// tree for a directory), except that a directory stays when the member
     /// is one (`keep_dir`; returns whether it stayed).
-    fn make_room(&mut self, pfd: &OwnedFd, name: &OsStr, rel: &[Vec<u8>], keep_dir: bool) -> Result<bool, ArchiveError> {
+    fn make_room(
+        &mut self,
+        pfd: &OwnedFd,
+        name: &OsStr,
+        rel: &[Vec<u8>],
+        keep_dir: bool,
+    ) -> Result<bool, ArchiveError> {
         let st = match rustix::fs::statat(pfd, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::NOENT) => return Ok(false),
@@ -207,12 +237,16 @@ impl Applier<'_> {
         if is_dir && keep_dir {
             return Ok(true);
         }
+        // What goes may have been counted (or be a link to what was).
+        self.lstat_size = None;
         // From here on `rel` is no longer the directory the cache may hold.
         self.cache.forget(rel);
         if is_dir {
             remove_all_at(pfd.as_fd(), name).map_err(self.io("remove", rel))?;
         } else {
-            rustix::fs::unlinkat(pfd, name, AtFlags::empty()).map_err(io::Error::from).map_err(self.io("unlink", rel))?;
+            rustix::fs::unlinkat(pfd, name, AtFlags::empty())
+                .map_err(io::Error::from)
+                .map_err(self.io("unlink", rel))?;
         }
         Ok(false)
     }
@@ -275,6 +309,7 @@ impl Applier<'_> {
                 self.create_replacing(pfd, name, rel, || rustix::fs::symlinkat(target, pfd, name))?
                     .map_err(os)
                     .map_err(self.io("symlink", rel))?;
+                self.count(target.len() as u64);
                 self.set_meta_at(pfd, name, rel, &meta, false)?;
             }
             Kind::Link => {
@@ -350,7 +385,10 @@ impl Applier<'_> {
                 .and_then(|n| if n == avail { Ok(avail) } else { Err(truncated()) })
         };
         self.buf = buf;
-        self.written += copied?;
+        let size = copied?;
+        self.written += size;
+        // A new inode (`O_EXCL`) whose `lstat` size is its logical size.
+        self.count(size);
         let os = |err: Errno| io::Error::from(err);
         rustix::fs::fchown(&file, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))
             .map_err(os)
@@ -400,6 +438,11 @@ impl Applier<'_> {
             Err(Errno::PERM) => Err(invalid(format!("{shown}: hardlink target {} is a directory", show(&target)))),
             Err(err) => Err(self.io("link", rel)(err.into())),
         }
+    }
+
+    /// A new inode of `size` bytes (by `lstat`) joined the tree.
+    pub(super) fn count(&mut self, size: u64) {
+        self.lstat_size = self.lstat_size.and_then(|n| n.checked_add(size));
     }
 
     /// Owner, mode, xattrs and times of a just-created non-directory that
@@ -654,13 +697,21 @@ mod tests {
         let cases: Vec<(&str, Vec<u8>, Want, Want)> = vec![
             (
                 "symlink swapped in for a cached dir",
-                raw_tar(&[(b"d/sub/f1", REG, b"", b"1"), (b"d/sub", SYM, sent.as_bytes(), b""), (b"d/sub/f2", REG, b"", b"2")]),
+                raw_tar(&[
+                    (b"d/sub/f1", REG, b"", b"1"),
+                    (b"d/sub", SYM, sent.as_bytes(), b""),
+                    (b"d/sub/f2", REG, b"", b"2"),
+                ]),
                 Err("is not a directory"),
                 Err("is not a directory"),
             ),
             (
                 "symlink swapped in for a cached ancestor",
-                raw_tar(&[(b"d/sub/f1", REG, b"", b"1"), (b"d", SYM, sent_dir.as_bytes(), b""), (b"d/sub/f2", REG, b"", b"2")]),
+                raw_tar(&[
+                    (b"d/sub/f1", REG, b"", b"1"),
+                    (b"d", SYM, sent_dir.as_bytes(), b""),
+                    (b"d/sub/f2", REG, b"", b"2"),
+                ]),
                 Err("is not a directory"),
                 Err("is not a directory"),
             ),
@@ -691,7 +742,11 @@ mod tests {
             ),
             (
                 "hardlink to a path under a dir replaced by a symlink",
-                raw_tar(&[(b"d/sub/f1", REG, b"", b"1"), (b"d/sub", SYM, sent.as_bytes(), b""), (b"h", LNK, b"d/sub/file", b"")]),
+                raw_tar(&[
+                    (b"d/sub/f1", REG, b"", b"1"),
+                    (b"d/sub", SYM, sent.as_bytes(), b""),
+                    (b"h", LNK, b"d/sub/file", b""),
+                ]),
                 Err("is not a directory"),
                 Err("is not a directory"),
             ),
@@ -791,6 +846,67 @@ mod tests {
         remove(&f.layer, &tar).unwrap();
         assert_eq!(names(&f.layer.join("d")), ["keep", "old"]);
         assert_eq!(names(&f.layer.join("d/old/x")), ["f3"]);
+    }
+
+    /// The size counted while extracting is `dir_size` of the result
+    /// whenever it is given, and is not given once something was removed.
+    #[test]
+    fn measured_size_is_dir_size() {
+        let mut sparse =
+            pax(&[("GNU.sparse.major", b"1"), ("GNU.sparse.minor", b"0"), ("GNU.sparse.realsize", b"9000")]);
+        let mut data = b"1\n4000\n5\n".to_vec();
+        data.resize(512, 0);
+        data.extend_from_slice(b"hello");
+        sparse.extend(raw_tar(&[(b"GNUSparseFile.0/sp", REG, b"", &data)]));
+        let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+            (
+                "files, links, symlinks",
+                raw_tar(&[
+                    (b"d/", DIR, b"", b""),
+                    (b"d/f", REG, b"", b"hello"),
+                    (b"d/h", LNK, b"d/f", b""),
+                    (b"d/s", SYM, b"target", b""),
+                    (b"d/e", REG, b"", b""),
+                    (b"d/sub/g", REG, b"", &[7; 3000]),
+                    (b"d/", DIR, b"", b""),
+                ]),
+                true,
+            ),
+            ("whiteouts of absent paths", whiteout_tar(), true),
+            ("sparse", sparse, true),
+            ("file replaced", raw_tar(&[(b"f", REG, b"", b"one"), (b"f", REG, b"", b"three")]), false),
+            (
+                "linked file replaced",
+                raw_tar(&[(b"f", REG, b"", b"one"), (b"h", LNK, b"f", b""), (b"f", SYM, b"xy", b"")]),
+                false,
+            ),
+            ("written then whited out", raw_tar(&[(b"d/f", REG, b"", b"one"), (b"d/.wh.f", REG, b"", b"")]), false),
+            ("dir replaced by file", raw_tar(&[(b"d/f", REG, b"", b"one"), (b"d", REG, b"", b"two")]), false),
+        ];
+        for (what, tar, exact) in cases {
+            for format in [WhiteoutFormat::Overlay, WhiteoutFormat::Remove] {
+                let f = fixture();
+                let got = apply_measured(&f.layer, &mut &tar[..], &ApplyOptions { whiteouts: format }, true).unwrap();
+                let walked = super::super::dir_size(&f.layer).unwrap();
+                match got.lstat_size {
+                    Some(n) => assert_eq!(n, walked, "{what} ({format:?})"),
+                    None => assert!(!exact || format == WhiteoutFormat::Remove, "{what} ({format:?}): not counted"),
+                }
+                if !exact {
+                    assert_eq!(got.lstat_size, None, "{what} ({format:?})");
+                }
+            }
+        }
+        // Not counted into a directory that already holds something.
+        let f = fixture();
+        fs::write(f.layer.join("old"), b"x").unwrap();
+        let got = apply_measured(
+            &f.layer,
+            &mut &raw_tar(&[(b"f", REG, b"", b"1")])[..],
+            &ApplyOptions { whiteouts: WhiteoutFormat::Overlay },
+            true,
+        );
+        assert_eq!(got.unwrap(), Applied { tar_size: 1, lstat_size: None });
     }
 
     /// On overlay, `f` whited out is a 0/0 device: a hardlink to it would

@@ -82,6 +82,24 @@ pub fn changes_size(layer: &Path, changes: &[Change]) -> u64 {
     changes::changes_size(layer, changes)
 }
 
+/// What [`apply_tar_measured`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// As [`apply_tar`] returns it: the members' header sizes.
+    pub tar_size: u64,
+    /// The extracted tree's [`dir_size`], counted while extracting, when
+    /// that was exact: the directory was empty and nothing in it was
+    /// removed or replaced since. `None`: walk the tree with [`dir_size`].
+    pub lstat_size: Option<u64>,
+}
+
+/// [`apply_tar`], also counting the tree's [`dir_size`] as it is written,
+/// so a driver that records that size (overlay2's rule) need not walk the
+/// tree again afterwards.
+pub fn apply_tar_measured(dir: &Path, tar: &mut dyn Read, opts: &ApplyOptions) -> Result<Applied, ArchiveError> {
+    apply::apply_measured(dir, tar, opts, true)
+}
+
 /// The size of a tree as Docker's overlay2 records it for an applied layer
 /// (moby's `directory.Size`): non-directories by `lstat` size — a symlink
 /// counts its target's length — each inode once.

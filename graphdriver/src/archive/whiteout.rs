@@ -5,7 +5,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 
-use rustix::fs::{FileType, Mode, XattrFlags};
+use rustix::fs::{AtFlags, FileType, Mode, XattrFlags};
 
 use super::apply::Applier;
 use super::fs::{list_dir, open_dir_at, remove_all_at};
@@ -64,13 +64,22 @@ pub(crate) fn is_overlay_xattr(name: &[u8]) -> bool {
 
 /// Applying whiteout entries to the target directory.
 impl Applier<'_> {
-    pub(super) fn whiteout(&mut self, parent: &[Vec<u8>], name: &[u8], shown: &dyn std::fmt::Display) -> Result<(), ArchiveError> {
+    pub(super) fn whiteout(
+        &mut self,
+        parent: &[Vec<u8>],
+        name: &[u8],
+        shown: &dyn std::fmt::Display,
+    ) -> Result<(), ArchiveError> {
         let mut target = parent.to_vec();
         target.push(name.to_vec());
         let pfd = self.must_open_dir(parent, shown)?.fd;
         let os_name = OsStr::from_bytes(name);
         // The cache must not hand out the removed directory again.
         self.cache.forget(&target);
+        if self.lstat_size.is_some() && rustix::fs::statat(&*pfd, os_name, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+            // Something this tar wrote goes: the running size is off.
+            self.lstat_size = None;
+        }
         remove_all_at(pfd.as_fd(), os_name).map_err(self.io("remove", &target))?;
         if self.format == WhiteoutFormat::Overlay {
             rustix::fs::mknodat(&*pfd, os_name, FileType::CharacterDevice, Mode::empty(), rustix::fs::makedev(0, 0))
@@ -90,8 +99,10 @@ impl Applier<'_> {
                 .map_err(io::Error::from)
                 .map_err(self.io("set opaque xattr on", dir)),
             WhiteoutFormat::Remove => {
-                // Anything below `dir` may go: the cache must not hand it out.
+                // Anything below `dir` may go: the cache must not hand it
+                // out, and the running size no longer holds.
                 self.cache.forget_below(dir);
+                self.lstat_size = None;
                 self.prune(fd.as_fd(), dir.to_vec())
             }
         }
