@@ -13,7 +13,11 @@
 //! `LAYERD_BENCH_ROUNDS` sets the rounds (default 5);
 //! `LAYERD_BENCH_ONLY=small` (or `large`, `register`) runs one part:
 //! `register` does one import of a 5,000-file tar four directories deep
-//! and nothing else, for `strace -f -c`.
+//! and nothing else, for `strace -f -c` (`LAYERD_BENCH_KEEP_TAR=FILE`
+//! keeps a copy of that tar, for `strace -c tar -xf FILE`;
+//! `LAYERD_BENCH_DRIVER_ONLY=1` then also times the overlay driver's
+//! `apply_diff` alone on it: the extraction without hashing, tar-split or
+//! metadata).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -203,8 +207,10 @@ async fn main() {
         let shape = Shape { name: "strace", files: scaled(5_000), mean: 20_000.0, depth: 4 };
         let tar = fs.join("strace.tar");
         make_tar(&shape, &tar);
-        // Kept for `strace -c` of GNU tar on the same input.
-        let _ = std::fs::copy(&tar, "/var/tmp/layerd-strace.tar");
+        if let Some(keep) = std::env::var_os("LAYERD_BENCH_KEEP_TAR") {
+            // For `strace -c tar -xf` on the same input.
+            std::fs::copy(&tar, &keep).expect("copy the tar");
+        }
         let store = open_store(&fs.join("store")).await;
         eprintln!("registering {} (pid {})", tar.display(), std::process::id());
         let file = File::open(&tar).expect("open tar");
