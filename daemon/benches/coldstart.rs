@@ -13,7 +13,8 @@
 //!
 //! Root only (loop devices, `drop_caches`, overlayfs). Sizes scale with
 //! `LAYERD_BENCH_SCALE` (default 1; `0.1` builds 1,000 and 10,000 layers);
-//! `LAYERD_COLDSTART_SIZES=0,10000` sets them outright.
+//! `LAYERD_COLDSTART_SIZES=0,10000` sets them outright;
+//! `LAYERD_COLDSTART_TRACE=1` prints the daemon's log lines with their times.
 //!
 //! `cargo bench -p daemon --bench coldstart`
 
@@ -91,15 +92,15 @@ fn drop_caches() {
     std::fs::write("/proc/sys/vm/drop_caches", "3\n").expect("drop caches (root only)");
 }
 
-/// `GET /v1/layers` over the unix socket; the number of layers listed, or
-/// `None` if the daemon does not answer (yet).
-fn list_layers(sock: &Path) -> Option<usize> {
+/// `GET path` over the unix socket: the body of a 200 answer, or `None`
+/// if the daemon does not answer (yet).
+fn get(sock: &Path, path: &str) -> Option<String> {
     let mut s = UnixStream::connect(sock).ok()?;
-    s.write_all(b"GET /v1/layers HTTP/1.1\r\nHost: layerd\r\nConnection: close\r\n\r\n").ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: layerd\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).ok()?;
-    let text = String::from_utf8_lossy(&resp);
-    text.starts_with("HTTP/1.1 200").then(|| text.matches("\"chain_id\"").count())
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    text.starts_with("HTTP/1.1 200").then_some(text)
 }
 
 fn vm_hwm_kib(pid: u32) -> u64 {
@@ -131,6 +132,10 @@ impl Drop for Daemon {
 }
 
 struct Start {
+    /// The first `_ping` answered: the store is open (it opens before the
+    /// daemon listens).
+    ping: Duration,
+    /// The first `GET /v1/layers` (asked right after) answered in full.
     first_answer: Duration,
     rss_mib: f64,
     from_index: bool,
@@ -157,8 +162,12 @@ fn cold_start(bin: &Path, root: &Path, n: usize) -> Start {
     let pid = child.id();
     let daemon = Daemon(child);
     let (tx, rx) = mpsc::channel();
+    let trace = std::env::var_os("LAYERD_COLDSTART_TRACE").is_some();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if trace {
+                eprintln!("{:>12.1} ms  {line}", t.elapsed().as_secs_f64() * 1e3);
+            }
             if line.contains("loading the layerdb from its index") {
                 let _ = tx.send(("index", t.elapsed()));
             }
@@ -167,16 +176,15 @@ fn cold_start(bin: &Path, root: &Path, n: usize) -> Start {
             }
         }
     });
-    let listed = loop {
-        if let Some(k) = list_layers(&sock) {
-            break k;
-        }
+    while get(&sock, "/v1/_ping").is_none() {
         assert!(t.elapsed() < Duration::from_secs(600), "layerd did not answer in 10 minutes");
         std::thread::sleep(Duration::from_millis(1));
-    };
+    }
+    let ping = t.elapsed();
+    let listed = get(&sock, "/v1/layers").expect("GET /v1/layers").matches("\"chain_id\"").count();
     let first_answer = t.elapsed();
     let rss_mib = vm_hwm_kib(pid) as f64 / 1024.0;
-    assert_eq!(listed, n, "the first answer lists every layer");
+    assert_eq!(listed, n, "the first list names every layer");
     // The daemon logs where it loads from before it listens.
     let mut from_index = false;
     let mut checked = None;
@@ -188,7 +196,7 @@ fn cold_start(bin: &Path, root: &Path, n: usize) -> Start {
     }
     drop(daemon);
     let _ = std::fs::remove_file(&sock);
-    Start { first_answer, rss_mib, from_index, checked }
+    Start { ping, first_answer, rss_mib, from_index, checked }
 }
 
 fn main() {
@@ -205,8 +213,12 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     println!("coldstart: layerd {} (baseline binary: {:?})", bin.display(), baseline);
     println!(
-        "{:>8} {:>10} | {:>12} {:>9} | {:>12} {:>9} | {:>10} | {:>12}",
-        "layers", "build s", "index ms", "RSS MiB", "scan ms", "RSS MiB", "check s", "baseline ms"
+        "{:>7} {:>7} | {:>26} | {:>26} | {:>7} | {:>9}",
+        "", "", "from the index", "scanning (no index)", "", "baseline"
+    );
+    println!(
+        "{:>7} {:>7} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} | {:>7} | {:>9}",
+        "layers", "build s", "ping ms", "list ms", "RSS MiB", "ping ms", "list ms", "RSS MiB", "check s", "list ms"
     );
     let mut rows = Vec::new();
     for n in sizes() {
@@ -219,45 +231,61 @@ fn main() {
         remount(fs.path(), "nobarrier");
         let built = rt.block_on(populate(&root, n));
         remount(fs.path(), "barrier");
+        let index_file = root.join("image/overlay2/layerdb/layerd-index");
         let ix = cold_start(&bin, &root, n);
         assert!(ix.from_index, "the clean shutdown left an index");
-        std::fs::remove_file(root.join("image/overlay2/layerdb/layerd-index")).unwrap();
+        std::fs::remove_file(&index_file).unwrap();
         let scan = cold_start(&bin, &root, n);
         assert!(!scan.from_index);
         let base = baseline.as_ref().map(|b| {
-            std::fs::remove_file(root.join("image/overlay2/layerdb/layerd-index")).unwrap_or(());
+            let _ = std::fs::remove_file(&index_file);
             cold_start(b, &root, n).first_answer
         });
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         println!(
-            "{:>8} {:>10.1} | {:>12.1} {:>9.1} | {:>12.1} {:>9.1} | {:>10} | {:>12}",
+            "{:>7} {:>7.1} | {:>8.1} {:>8.1} {:>8.1} | {:>8.1} {:>8.1} {:>8.1} | {:>7} | {:>9}",
             n,
             built.as_secs_f64(),
+            ms(ix.ping),
             ms(ix.first_answer),
             ix.rss_mib,
+            ms(scan.ping),
             ms(scan.first_answer),
             scan.rss_mib,
             ix.checked.map_or("-".into(), |d| format!("{:.1}", d.as_secs_f64())),
             base.map_or("-".into(), |d| format!("{:.1}", ms(d))),
         );
-        rows.push((n, ix.first_answer, scan.first_answer, base));
+        rows.push((n, ix, scan, base));
         drop(fs);
     }
-    let Some((_, ix0, scan0, base0)) = rows.first().cloned() else { return };
-    println!("\nratios against the empty store ({:.1} ms from the index, {:.1} ms scanning):", ix0.as_secs_f64() * 1e3, scan0.as_secs_f64() * 1e3);
+    let Some((_, ix0, scan0, base0)) = rows.first() else { return };
+    println!(
+        "\nagainst the empty store (from the index: ping {:.1} ms, list {:.1} ms; scanning: list {:.1} ms):",
+        ix0.ping.as_secs_f64() * 1e3,
+        ix0.first_answer.as_secs_f64() * 1e3,
+        scan0.first_answer.as_secs_f64() * 1e3
+    );
     for (n, ix, scan, base) in rows.iter().skip(1) {
-        let per_1k = |d: &Duration, d0: &Duration| (d.as_secs_f64() - d0.as_secs_f64()) * 1e3 / (*n as f64 / 1000.0);
+        let k = *n as f64 / 1000.0;
+        let slope = |d: Duration, d0: Duration| (d.as_secs_f64() - d0.as_secs_f64()) * 1e3 / k;
+        let ratio = |d: Duration, d0: Duration| d.as_secs_f64() / d0.as_secs_f64();
+        let base = match (base, base0) {
+            (Some(b), Some(b0)) => format!(
+                "; baseline binary: list {:.2}x of empty ({:+.1} ms per 1,000 layers)",
+                ratio(*b, *b0),
+                slope(*b, *b0)
+            ),
+            _ => String::new(),
+        };
         println!(
-            "{n:>8} layers: index {:.2}x of empty ({:+.1} ms per 1,000 layers); scan {:.2}x of empty ({:+.1} ms per 1,000 layers); scan/index {:.1}x{}",
-            ix.as_secs_f64() / ix0.as_secs_f64(),
-            per_1k(ix, &ix0),
-            scan.as_secs_f64() / scan0.as_secs_f64(),
-            per_1k(scan, &scan0),
-            scan.as_secs_f64() / ix.as_secs_f64(),
-            match (base, base0) {
-                (Some(b), Some(b0)) => format!("; baseline binary {:.2}x of empty ({:+.1} ms per 1,000 layers)", b.as_secs_f64() / b0.as_secs_f64(), per_1k(b, &b0)),
-                _ => String::new(),
-            }
+            "{n:>7} layers: from the index: ping {:.2}x, list {:.2}x of empty ({:+.1} ms per 1,000 layers); \
+             scanning: list {:.2}x of empty ({:+.1} ms per 1,000 layers); scan / index {:.1}x{base}",
+            ratio(ix.ping, ix0.ping),
+            ratio(ix.first_answer, ix0.first_answer),
+            slope(ix.first_answer, ix0.first_answer),
+            ratio(scan.first_answer, scan0.first_answer),
+            slope(scan.first_answer, scan0.first_answer),
+            ratio(scan.first_answer, ix.first_answer),
         );
     }
 }

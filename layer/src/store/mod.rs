@@ -6,6 +6,8 @@
 //! across I/O or `.await`, and never both at once. A task holds at most one
 //! key lock at a time, except that a name key may be held while a chain key
 //! is taken. Filesystem work happens under key locks or no lock at all.
+//! The layerdb index's lock (inside `LayerDb`) is a leaf below all of
+//! these, taken on the blocking pool around a rename (see `indexing`).
 
 mod damaged;
 mod export;
