@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use graphdriver::{CacheId, IoContext};
 
 use crate::digest::{ChainId, DiffId};
-use crate::index::{self, DirStamp, Index};
 use crate::error::{LayerStoreError, Result};
+use crate::index::{self, DirStamp, Index};
 use crate::name::RwName;
 
 pub(crate) const TAR_SPLIT: &str = "tar-split.json.gz";

@@ -142,9 +142,7 @@ async fn the_first_change_removes_the_index_so_a_crash_after_it_scans() {
     let changes: [(&str, Change); 3] = [
         ("retain", |s, c| Box::pin(async move { s.retain(&c).await.map(drop).unwrap() })),
         ("release", |s, c| Box::pin(async move { s.release(&c).await.map(drop).unwrap() })),
-        ("rw removal", |s, _| {
-            Box::pin(async move { s.release_rw(&RwName::parse("bare").unwrap()).await.unwrap() })
-        }),
+        ("rw removal", |s, _| Box::pin(async move { s.release_rw(&RwName::parse("bare").unwrap()).await.unwrap() })),
     ];
     for (what, change) in changes {
         let store = env.open().await;

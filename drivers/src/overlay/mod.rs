@@ -132,7 +132,11 @@ impl Overlay {
                 let res = start_layers(&l2, &f2).map_err(|e| e.to_string());
                 match &res {
                     Ok(()) => tracing::debug!(driver = NAME, elapsed = ?t.elapsed(), "looked at every layer"),
-                    Err(e) => tracing::error!(driver = NAME, error = e, "start-up failed; layers can't be created, removed or mounted"),
+                    Err(e) => tracing::error!(
+                        driver = NAME,
+                        error = e,
+                        "start-up failed; layers can't be created, removed or mounted"
+                    ),
                 }
                 let _ = tx.send(Some(res));
             })

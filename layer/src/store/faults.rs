@@ -547,7 +547,8 @@ async fn a_change_that_cannot_remove_the_index_is_refused_and_changes_nothing() 
                 MetaOp::Fsync => path.ends_with("layerdb"),
                 _ => false,
             };
-            (op == failing && index_op && a2.load(Ordering::SeqCst)).then(|| std::io::Error::from_raw_os_error(libc::EIO))
+            (op == failing && index_op && a2.load(Ordering::SeqCst))
+                .then(|| std::io::Error::from_raw_os_error(libc::EIO))
         });
         let store = Store::open_with_faults(&root, driver(&root), hook).await.unwrap();
         assert!(store.started_from_index(), "{failing:?}");
