@@ -84,6 +84,9 @@ pub(crate) struct LayerDb {
 struct IndexState {
     /// An index file may be on disk: the next change must remove it first.
     on_disk: bool,
+    /// The file on disk is a good index of the records (read or written,
+    /// and no change since).
+    current: bool,
     /// Changes begun (every commit, `refs` replacement and move to the trash).
     changes: u64,
 }
@@ -440,8 +443,15 @@ impl LayerDb {
             st.on_disk = false;
             tracing::debug!("removed the index: the layerdb changes");
         }
+        st.current = false;
         st.changes += 1;
         Ok(())
+    }
+
+    /// Whether the index on disk is a good copy of the records (nothing
+    /// to write).
+    pub(crate) fn index_current(&self) -> bool {
+        self.index_state().current
     }
 
     /// Changes begun so far: a writer of the index reads it before taking
@@ -472,6 +482,7 @@ impl LayerDb {
         if now != ix.stamps {
             return Err("sha256/ or mounts/ changed since the index was written".into());
         }
+        self.index_state().current = true;
         Ok(ix)
     }
 
@@ -497,6 +508,7 @@ impl LayerDb {
             }
             self.rename(&tmp, &self.index_path(), "publish the index as")?;
             st.on_disk = true;
+            st.current = true;
             drop(st);
             self.sync_after_commit(&self.root);
             Ok(true)

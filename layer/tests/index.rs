@@ -281,3 +281,50 @@ async fn a_record_edited_by_hand_is_caught_behind_the_start_and_a_damaged_store_
     assert!(env.index().is_file());
     store.shutdown().await.unwrap();
 }
+
+/// A reader that yields `bytes` only once told to.
+struct Gated {
+    go: std::sync::mpsc::Receiver<()>,
+    bytes: Cursor<Vec<u8>>,
+    waited: bool,
+}
+
+impl Read for Gated {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !self.waited {
+            let _ = self.go.recv();
+            self.waited = true;
+        }
+        self.bytes.read(buf)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_index_waits_for_a_quiet_store_and_then_a_crash_starts_from_it() {
+    let env = Env::new();
+    let store = env.open().await;
+    let a = register(&store, &[("a", b"alpha")], None).await;
+    // A registration in flight: not quiet, nothing written.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let gated = Gated { go: rx, bytes: Cursor::new(files_tar(&[("b", b"beta")])), waited: false };
+    let s2 = store.clone();
+    let opts = RegisterOpts { parent: Some(a.clone()), ..RegisterOpts::default() };
+    let pending = tokio::spawn(async move { s2.register(Box::new(gated), opts).await });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(!store.write_index().await.unwrap(), "an operation is running");
+    assert!(!env.index().exists());
+    tx.send(()).unwrap();
+    pending.await.unwrap().unwrap();
+    // Quiet: written; asked again, nothing to do.
+    assert!(store.write_index().await.unwrap());
+    let written = std::fs::metadata(env.index()).unwrap().modified().unwrap();
+    assert!(store.write_index().await.unwrap());
+    assert_eq!(std::fs::metadata(env.index()).unwrap().modified().unwrap(), written, "not rewritten");
+    let want = view(&store);
+    // A crash (no shutdown) after a quiet spell: the next start reads it.
+    drop(store);
+    let store = env.open().await;
+    assert!(store.started_from_index());
+    assert_eq!(view(&store), want);
+    store.shutdown().await.unwrap();
+}

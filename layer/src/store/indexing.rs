@@ -1,8 +1,9 @@
 //! Keeping the layerdb index (`crate::index`) and trusting it no further
 //! than it has earned.
 //!
-//! - **Written from memory when the store is quiet**: at shutdown (and by
-//!   [`Store::write_index`](super::Store::write_index)). The snapshot is taken
+//! - **Written from memory when the store is quiet**: at shutdown, and by
+//!   [`Store::write_index`](super::Store::write_index), which `layerd` calls
+//!   every few seconds (a no-op while the file on disk is current). The snapshot is taken
 //!   only when no store operation is running and none began while it was
 //!   taken, no deletion is pending and the graph is settled, so memory is
 //!   what the disk holds; [`LayerDb::write_index`](crate::metadata::LayerDb)
@@ -60,13 +61,17 @@ impl Drop for OpGuard {
 
 impl Inner {
     /// Write the index from memory if the store is quiet (see the module
-    /// doc). Returns whether it was written; `Ok(false)` when something was
+    /// doc). Returns whether a current index is on disk (written now or
+    /// before, with no change since); `Ok(false)` when something was
     /// running, or start-up kept damaged entries (which the index cannot
     /// hold: they are found again by the full scan).
     pub(super) async fn write_index(&self) -> Result<bool> {
         if !self.damaged.layers.is_empty() || !self.damaged.rws.is_empty() {
             debug!("not writing the index: start-up kept damaged entries");
             return Ok(false);
+        }
+        if self.db.index_current() {
+            return Ok(true);
         }
         let since = self.db.changes();
         let Some(began) = self.ops.quiet() else { return Ok(false) };

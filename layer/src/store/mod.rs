@@ -489,9 +489,10 @@ impl Store {
 
     /// Write the layerdb index from memory, if the store is quiet: no
     /// operation running or pending, nothing damaged (see `indexing`).
-    /// Returns whether it was written. [`Store::shutdown`] does it; a
-    /// long-running owner may call it when idle, so that a start after a
-    /// crash finds it too (the first change removes it).
+    /// Returns whether a current index is on disk (written now, or before
+    /// with no change since). [`Store::shutdown`] does it; a long-running
+    /// owner calls it now and then, so that a start after a crash finds it
+    /// too when the store was quiet before (the first change removes it).
     pub async fn write_index(&self) -> Result<bool> {
         self.inner.write_index().await
     }
