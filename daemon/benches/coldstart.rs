@@ -222,9 +222,10 @@ fn main() {
     );
     let mut rows = Vec::new();
     for n in sizes() {
-        // ~60 KiB and ~14 inodes a layer (both layouts), with headroom.
-        let mb = 512 + (n as u64 * 90) / 1024;
-        let fs = LoopFs::with_fs(LoopKind::Ext4, mb.max(1024) * 2).expect("make a journaled ext4 loop fs");
+        // ~14 inodes a layer (both layouts), and mkfs.ext4 gives one per
+        // 16 KiB: sized for the inodes (sparse: ~60 KiB a layer is written).
+        let mb = 1024 + (n as u64 * 300) / 1024;
+        let fs = LoopFs::with_fs(LoopKind::Ext4, mb).expect("make a journaled ext4 loop fs");
         let root = fs.path().join("root");
         // Building is not what is measured: no write barriers meanwhile
         // (fsync still orders the journal), back on for the starts.
