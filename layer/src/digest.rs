@@ -26,6 +26,11 @@ impl Digest {
         Digest(bytes)
     }
 
+    /// The raw 32 bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// Whether the hex form starts with `prefix` (lowercase hex digits),
     /// without formatting the digest.
     pub fn has_hex_prefix(&self, prefix: &str) -> bool {

@@ -18,6 +18,7 @@ mod error;
 mod flight;
 #[doc(hidden)]
 pub mod fuzzing;
+mod index;
 mod keyed;
 pub mod layerref;
 pub mod lockstats;

@@ -7,7 +7,9 @@
 //! <layerdb>/trash/    unpublished layers and mounts waiting for deletion
 //! ```
 //! `refs` is ours (Docker keeps references in its image store): the count of
-//! client references, so they survive a restart. Every commit is atomic:
+//! client references, so they survive a restart. So is `layerd-index`, a
+//! cache of every record in one file (see [`crate::index`] for its format and
+//! [`LayerDb::write_index`] for how it is kept from going stale). Every commit is atomic:
 //! files are written and fsynced in a `tmp/` dir, which is renamed into place,
 //! and the parent dir is fsynced. Everything here blocks: call it from the
 //! blocking pool, never under a map lock.
@@ -15,11 +17,13 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use graphdriver::{CacheId, IoContext};
 
 use crate::digest::{ChainId, DiffId};
 use crate::error::{LayerStoreError, Result};
+use crate::index::{self, DirStamp, Index};
 use crate::name::RwName;
 
 pub(crate) const TAR_SPLIT: &str = "tar-split.json.gz";
@@ -55,6 +59,8 @@ pub(crate) enum MetaOp {
     /// A listing of `sha256/` or `mounts/`, asked once it has been read
     /// (tests use it to stop `check` or start-up right after its listing).
     List,
+    /// Removing the index before the first change it would miss.
+    Remove,
 }
 
 /// The seam the fault-injection tests use: called before every metadata
@@ -67,6 +73,22 @@ pub(crate) type FaultHook = std::sync::Arc<dyn Fn(MetaOp, &Path) -> Option<std::
 pub(crate) struct LayerDb {
     root: PathBuf,
     faults: Option<FaultHook>,
+    /// Whether the index is on disk, and the count of changes to the
+    /// layerdb (shared by every clone).
+    index: Arc<Mutex<IndexState>>,
+}
+
+/// The index's lock: a leaf, held for a counter update — and, once per
+/// index published, by the change that removes it (see [`LayerDb::changing`]).
+#[derive(Debug, Default)]
+struct IndexState {
+    /// An index file may be on disk: the next change must remove it first.
+    on_disk: bool,
+    /// The file on disk is a good index of the records (read or written,
+    /// and no change since).
+    current: bool,
+    /// Changes begun (every commit, `refs` replacement and move to the trash).
+    changes: u64,
 }
 
 impl std::fmt::Debug for LayerDb {
@@ -201,7 +223,7 @@ fn random_suffix() -> String {
 
 impl LayerDb {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LayerDb { root: root.into(), faults: None }
+        LayerDb { root: root.into(), faults: None, index: Arc::default() }
     }
 
     /// The same layerdb with a fault hook (tests).
@@ -332,6 +354,7 @@ impl LayerDb {
     /// (see [`Self::sync_after_commit`]).
     fn commit(&self, tx: &Path, target: &Path) -> Result<()> {
         self.sync_dir(tx)?;
+        self.changing()?;
         self.rename(tx, target, "publish transaction to")?;
         if let Some(parent) = target.parent() {
             self.sync_after_commit(parent);
@@ -354,8 +377,10 @@ impl LayerDb {
         let dir = self.layer_dir(chain);
         let tmp = dir.join(format!(".refs-{}", random_suffix()));
         let target = dir.join("refs");
-        let res =
-            self.write_synced(&tmp, refs.to_string().as_bytes()).and_then(|()| self.rename(&tmp, &target, "replace"));
+        let res = self
+            .write_synced(&tmp, refs.to_string().as_bytes())
+            .and_then(|()| self.changing())
+            .and_then(|()| self.rename(&tmp, &target, "replace"));
         if res.is_err() {
             let _ = remove_any(&tmp);
         }
@@ -368,6 +393,7 @@ impl LayerDb {
     pub fn trash(&self, path: &Path) -> Result<PathBuf> {
         let base = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let target = self.dir("trash").join(format!("{base}-{}", random_suffix()));
+        self.changing()?;
         self.fault(MetaOp::Rename, path).and_then(|()| fs::rename(path, &target)).ctx("move to trash", path)?;
         Ok(target)
     }
@@ -385,6 +411,112 @@ impl LayerDb {
             }
         }
         Ok(n)
+    }
+
+    fn index_state(&self) -> MutexGuard<'_, IndexState> {
+        self.index.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.root.join(index::FILE)
+    }
+
+    /// Called before every change of the records (a commit, a `refs`
+    /// replacement, a move to the trash): counts it, and first removes the
+    /// index if one may be on disk, durably, so that no index outlives a
+    /// change it does not hold — a crash after this leaves no index, and the
+    /// next start scans. An error means the change must not be made. The
+    /// removal is the one piece of I/O under the index lock, paid once per
+    /// index written (by the first change after it); every other change
+    /// holds the lock for an increment.
+    pub(crate) fn changing(&self) -> Result<()> {
+        let mut st = self.index_state();
+        if st.on_disk {
+            let path = self.index_path();
+            self.fault(MetaOp::Remove, &path)
+                .and_then(|()| match fs::remove_file(&path) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    r => r,
+                })
+                .ctx("remove the index", &path)?;
+            self.sync_dir(&self.root)?;
+            st.on_disk = false;
+            tracing::debug!("removed the index: the layerdb changes");
+        }
+        st.current = false;
+        st.changes += 1;
+        Ok(())
+    }
+
+    /// Whether the index on disk is a good copy of the records (nothing
+    /// to write).
+    pub(crate) fn index_current(&self) -> bool {
+        self.index_state().current
+    }
+
+    /// Changes begun so far: a writer of the index reads it before taking
+    /// its snapshot (see [`Self::write_index`]).
+    pub(crate) fn changes(&self) -> u64 {
+        self.index_state().changes
+    }
+
+    fn stamps(&self) -> std::io::Result<[DirStamp; 2]> {
+        Ok([DirStamp::of(&self.dir("sha256"))?, DirStamp::of(&self.dir("mounts"))?])
+    }
+
+    /// The index, if there is a usable one; else why not. Any file there,
+    /// usable or not, is removed by the next change.
+    pub(crate) fn read_index(&self) -> std::result::Result<Index, String> {
+        let path = self.index_path();
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("there is no index".into()),
+            Err(e) => {
+                self.index_state().on_disk = true;
+                return Err(format!("read {}: {e}", path.display()));
+            }
+        };
+        self.index_state().on_disk = true;
+        let ix = index::decode(&bytes)?;
+        let now = self.stamps().map_err(|e| format!("stat sha256/ and mounts/: {e}"))?;
+        if now != ix.stamps {
+            return Err("sha256/ or mounts/ changed since the index was written".into());
+        }
+        self.index_state().current = true;
+        Ok(ix)
+    }
+
+    /// Publish `layers` and `mounts` as the index — a snapshot the caller
+    /// took after reading [`Self::changes`] as `since` — unless a change
+    /// has begun since: then nothing is written and `Ok(false)` returned.
+    /// The file is written and fsynced under `tmp/`, then renamed into place
+    /// under the index lock, so a change either began before (and the
+    /// snapshot is dropped) or begins after and removes the file first.
+    pub(crate) fn write_index(
+        &self,
+        since: u64,
+        layers: Vec<(ChainId, LayerRecord)>,
+        mounts: Vec<(RwName, MountRecord)>,
+    ) -> Result<bool> {
+        let stamps = self.stamps().ctx("stat", &self.root)?;
+        let bytes = index::encode(&Index { stamps, layers, mounts });
+        let tmp = self.dir("tmp").join(format!("index-{}", random_suffix()));
+        let res = self.write_synced(&tmp, &bytes).and_then(|()| {
+            let mut st = self.index_state();
+            if st.changes != since {
+                return Ok(false);
+            }
+            self.rename(&tmp, &self.index_path(), "publish the index as")?;
+            st.on_disk = true;
+            st.current = true;
+            drop(st);
+            self.sync_after_commit(&self.root);
+            Ok(true)
+        });
+        if !matches!(res, Ok(true)) {
+            let _ = remove_any(&tmp);
+        }
+        res
     }
 
     /// Names of `sha256/` entries (valid or not).

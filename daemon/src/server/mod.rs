@@ -194,7 +194,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             () = stop.cancelled() => {}
         }
     };
-    let (unix_served, tcp_served, ()) = tokio::join!(unix, tcp, signal);
+    let index = keep_index(store.clone(), stop.clone());
+    let (unix_served, tcp_served, (), ()) = tokio::join!(unix, tcp, signal, index);
     tracing::info!("no longer accepting; finishing store work");
     state.tasks.close();
     state.tasks.wait().await;
@@ -204,6 +205,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tcp_served.context("serve tcp")?;
     tracing::info!("layerd stopped");
     Ok(())
+}
+
+/// How often a quiet store's layerdb index is brought up to date.
+const INDEX_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Keep the layerdb index current while the store is quiet, so a start
+/// after a crash reads it too (it is written only when no operation runs,
+/// a no-op while the one on disk is current, and the first change removes
+/// it; see `layer`'s `indexing`). Ends when the daemon stops.
+async fn keep_index(store: Store, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(INDEX_EVERY) => {}
+        }
+        if let Err(e) = store.write_index().await {
+            tracing::warn!(error = %e, "writing the layerdb index failed; retried later");
+        }
+    }
 }
 
 /// The TCP listener first: binding it has no side effect to undo.

@@ -284,9 +284,8 @@ pub fn remove_path(path: &Path) -> Result<(), IoError> {
     }
 }
 
-/// After a crash (mounts already undone, kept layers' links mended): empty
-/// `staging/`, `trash/` and `tmp/`, remove leftover `merged` dirs and links
-/// to no layer.
+/// After a crash (mounts already undone): empty `staging/`, `trash/` and
+/// `tmp/` — work that grows with the leftovers, not with the layers.
 pub fn recover(layout: &Layout) -> Result<()> {
     for dir in [layout.staging(), layout.trash(), layout.tmp()] {
         for entry in fs::read_dir(&dir).ctx("read dir", &dir)? {
@@ -295,6 +294,12 @@ pub fn recover(layout: &Layout) -> Result<()> {
             remove_path(&leftover)?;
         }
     }
+    Ok(())
+}
+
+/// After a crash (mounts already undone, kept layers' links mended): remove
+/// leftover `merged` dirs and links to no layer — a look at every layer.
+pub fn recover_layers(layout: &Layout) -> Result<()> {
     for entry in fs::read_dir(&layout.home).ctx("read dir", &layout.home)? {
         let name = entry.ctx("read dir", &layout.home)?.file_name();
         let Some(Ok(id)) = name.to_str().map(CacheId::parse) else { continue };

@@ -21,6 +21,13 @@
 //! std mutex guards only the map; a layer's lock serialises its own
 //! mount and unmount. Every mount lives under the home, so start-up (after a
 //! crash) and `cleanup` find them all in `/proc/self/mountinfo`.
+//!
+//! Start-up work that looks at every layer — reading each `lower` file for
+//! the child counts, mending kept layers' links, removing leftover `merged`
+//! dirs and dangling links — runs on a thread of its own, so that opening a
+//! home of 100,000 layers costs no more than opening an empty one; every
+//! call that creates, removes or mounts a layer waits for it first
+//! ([`Overlay::started`]).
 
 mod check;
 mod diff;
@@ -36,7 +43,7 @@ use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use graphdriver::keyed::KeyedMutex;
@@ -85,7 +92,10 @@ pub struct Overlay {
     /// uses too); an entry lives while it is held or mounted.
     mounts: KeyedMutex<CacheId, MountState>,
     /// Child counts, to refuse removing a parent. Never held across I/O.
-    family: Mutex<Family>,
+    /// Filled by the start-up thread (see [`Overlay::started`]).
+    family: Arc<Mutex<Family>>,
+    /// The start-up thread's outcome, once it is known.
+    started: tokio::sync::watch::Receiver<Option<std::result::Result<(), String>>>,
     /// Mounts that needed paths relative to the home (page-size fallback).
     relative_mounts: AtomicU64,
 }
@@ -106,21 +116,55 @@ impl Overlay {
         if undone > 0 {
             tracing::info!(driver = NAME, count = undone, "unmounted leftover mounts");
         }
-        family::retarget_links(&layout)?;
         layout::recover(&layout)?;
         let info = HostInfo::probe(&layout.home)?;
         if let Err(why) = &info.native_diff {
             tracing::warn!(driver = NAME, why, "native diff is off; diffs compare mounted trees");
         }
         let prefix = info.opts.prefix();
-        let (mut family, mut unneeded) = Family::scan(&layout)?;
-        while let Some(name) = unneeded.pop() {
-            if let Some(parent) = family::delete_kept(&layout, &name)? {
-                unneeded.extend(family.disown(&parent));
-            }
+        let family = Arc::new(Mutex::new(Family::default()));
+        let (tx, started) = tokio::sync::watch::channel(None);
+        let (l2, f2) = (layout.clone(), family.clone());
+        std::thread::Builder::new()
+            .name("overlay-start".into())
+            .spawn(move || {
+                let t = std::time::Instant::now();
+                let res = start_layers(&l2, &f2).map_err(|e| e.to_string());
+                match &res {
+                    Ok(()) => tracing::debug!(driver = NAME, elapsed = ?t.elapsed(), "looked at every layer"),
+                    Err(e) => tracing::error!(
+                        driver = NAME,
+                        error = e,
+                        "start-up failed; layers can't be created, removed or mounted"
+                    ),
+                }
+                let _ = tx.send(Some(res));
+            })
+            .ctx("spawn the start-up thread for", &layout.home)?;
+        Ok(Overlay {
+            layout,
+            info,
+            prefix,
+            mounts: KeyedMutex::new(),
+            family,
+            started,
+            relative_mounts: AtomicU64::new(0),
+        })
+    }
+
+    /// Wait for the start-up work that looks at every layer (see the module
+    /// docs); its error, if it failed.
+    pub async fn started(&self) -> Result<()> {
+        let mut rx = self.started.clone();
+        let res = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| DriverError::Other("overlay2: the start-up thread ended without an answer".into()))?;
+        match &*res {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(DriverError::Other(format!("overlay2 start-up failed: {e}"))),
+            None => Err(DriverError::Other("overlay2: start-up still running".into())),
         }
-        let family = Mutex::new(family);
-        Ok(Overlay { layout, info, prefix, mounts: KeyedMutex::new(), family, relative_mounts: AtomicU64::new(0) })
     }
 
     /// Undo every mount below `dir` (a crash's leftovers), before the dir
@@ -135,9 +179,31 @@ impl Overlay {
     }
 
     fn family(&self) -> MutexGuard<'_, Family> {
-        self.family.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        family_of(&self.family)
     }
+}
 
+fn family_of(family: &Mutex<Family>) -> MutexGuard<'_, Family> {
+    family.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The start-up work that looks at every layer (after a crash's mounts are
+/// undone): mend kept layers' links, remove leftover `merged` dirs and
+/// dangling links, count children, and delete kept dirs no child needs.
+fn start_layers(layout: &Layout, family: &Mutex<Family>) -> Result<()> {
+    family::retarget_links(layout)?;
+    layout::recover_layers(layout)?;
+    let (scanned, mut unneeded) = Family::scan(layout)?;
+    *family_of(family) = scanned;
+    while let Some(name) = unneeded.pop() {
+        if let Some(parent) = family::delete_kept(layout, &name)? {
+            unneeded.extend(family_of(family).disown(&parent));
+        }
+    }
+    Ok(())
+}
+
+impl Overlay {
     /// The layer dir, or `NotFound`.
     async fn existing(&self, id: &CacheId) -> Result<PathBuf> {
         let dir = self.layout.dir(id);
@@ -151,6 +217,7 @@ impl Overlay {
 
     async fn create_layer(&self, id: &CacheId, parent: Option<&CacheId>, opts: &CreateOpts, ro: bool) -> Result<()> {
         check_opts(opts)?;
+        self.started().await?;
         let (layout, id, parent) = (self.layout.clone(), id.clone(), parent.cloned());
         tracing::debug!(driver = NAME, %id, parent = ?parent.as_ref().map(CacheId::as_str), ro, "create");
         if let Some(p) = &parent {
@@ -226,6 +293,7 @@ impl Driver for Overlay {
     }
 
     async fn remove(&self, id: &CacheId) -> Result<()> {
+        self.started().await?;
         self.existing(id).await?;
         let has_children = self.family().begin_remove(id)?;
         let mut st = self.mounts.lock(id).await;
@@ -253,6 +321,7 @@ impl Driver for Overlay {
     }
 
     async fn get(&self, id: &CacheId, mount_label: &str) -> Result<PathBuf> {
+        self.started().await?;
         self.existing(id).await?;
         let mut st = self.mounts.lock(id).await;
         if st.count > 0
@@ -835,6 +904,7 @@ mod tests {
 
         // The crashed driver never ran cleanup; a new one starts.
         let d2 = Overlay::new(&home).unwrap();
+        d2.started().await.unwrap();
         assert!(fx.mounts().is_empty());
         assert!(!p.exists());
         assert!(!home.join(base.as_str()).join("merged").exists());

@@ -255,6 +255,8 @@ async fn run_with_fault(fail_at: Option<usize>, persistent: bool) -> (usize, Opt
     let report = store.fsck(CheckOpts { repair: false, verify_content: true }).await.unwrap();
     assert!(report.problems.is_empty(), "{when}: check after restart: {:?}", report.problems);
     store.shutdown().await.unwrap();
+    // The shutdown before the restart wrote the index: its points count too.
+    let fired = inj.fired.lock().unwrap().clone();
     (inj.seen.load(Ordering::SeqCst), fired)
 }
 
@@ -520,4 +522,55 @@ async fn check_repair_spares_an_rw_name_reused_during_the_check() {
     let store = Store::open(&root, driver(&root)).await.unwrap();
     assert!(store.get_rw(&x).is_ok(), "x must survive a restart");
     store.shutdown().await.unwrap();
+}
+
+/// The index's own fault points on the change side: the first change after
+/// a start from the index removes it, then fsyncs the layerdb. If either
+/// fails, the change is refused and nothing happened — the store shows what
+/// it did and a retry succeeds. (Its write side runs in every case of
+/// `every_metadata_fault_point_loses_nothing_acknowledged`: the shutdown
+/// there writes it, and the restart reads it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_cannot_remove_the_index_is_refused_and_changes_nothing() {
+    for failing in [MetaOp::Remove, MetaOp::Fsync] {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let store = Store::open(&root, driver(&root)).await.unwrap();
+        let a = register(&store, &tar_of(&[("a", b"alpha")]), None).await.unwrap();
+        store.shutdown().await.unwrap();
+        drop(store);
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let a2 = armed.clone();
+        let hook: FaultHook = Arc::new(move |op, path| {
+            let index_op = match op {
+                MetaOp::Remove => path.ends_with("layerd-index"),
+                MetaOp::Fsync => path.ends_with("layerdb"),
+                _ => false,
+            };
+            (op == failing && index_op && a2.load(Ordering::SeqCst))
+                .then(|| std::io::Error::from_raw_os_error(libc::EIO))
+        });
+        let store = Store::open_with_faults(&root, driver(&root), hook).await.unwrap();
+        assert!(store.started_from_index(), "{failing:?}");
+        store.settle().await;
+        let before = view(&store);
+        let b = tar_of(&[("b", b"beta")]);
+        assert!(register(&store, &b, None).await.is_err(), "{failing:?}: the change is refused");
+        assert!(store.release(&a).await.is_err(), "{failing:?}: the change is refused");
+        store.settle().await;
+        assert_eq!(view(&store), before, "{failing:?}");
+        armed.store(false, Ordering::SeqCst);
+        let b = register(&store, &b, None).await.unwrap();
+        let index = store.layerdb().join("layerd-index");
+        assert!(!index.exists(), "{failing:?}");
+        let after = view(&store);
+        assert!(after.layers.contains_key(&b));
+        // A crash now: no index, and the scan finds the change.
+        store.settle().await;
+        drop(store);
+        let store = Store::open(&root, driver(&root)).await.unwrap();
+        assert!(!store.started_from_index());
+        assert_eq!(view(&store), after, "{failing:?}");
+        store.shutdown().await.unwrap();
+    }
 }

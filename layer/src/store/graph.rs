@@ -145,6 +145,25 @@ impl Graph {
         self.states.keys()
     }
 
+    /// Every layer with its client references, if the graph is settled —
+    /// nothing being staged or removed, every `refs` count known to be on
+    /// disk — so that it is what the layerdb holds; `None` otherwise.
+    pub fn settled(&self) -> Option<Vec<(Arc<LayerMeta>, u64)>> {
+        if !self.busy.0.is_empty() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(self.states.len());
+        for s in self.states.values() {
+            match s {
+                LayerState::Live { meta, counts } if counts.refs_gen == counts.persisted_gen => {
+                    out.push((meta.clone(), counts.refs));
+                }
+                _ => return None,
+            }
+        }
+        Some(out)
+    }
+
     /// Insert a layer loaded from disk (start-up), with its persisted refs.
     /// Children and RW counts are added by `pin_child`/`pin_rw` of the loaded
     /// children and mounts.

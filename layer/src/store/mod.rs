@@ -6,6 +6,8 @@
 //! across I/O or `.await`, and never both at once. A task holds at most one
 //! key lock at a time, except that a name key may be held while a chain key
 //! is taken. Filesystem work happens under key locks or no lock at all.
+//! The layerdb index's lock (inside `LayerDb`) is a leaf below all of
+//! these, taken on the blocking pool around a rename (see `indexing`).
 
 mod damaged;
 mod export;
@@ -13,6 +15,7 @@ mod export;
 mod faults;
 mod fsck;
 mod graph;
+mod indexing;
 mod open;
 mod register;
 mod release;
@@ -84,6 +87,12 @@ pub(crate) struct Inner {
     /// driver I/O included, with deletion done inline (moby's layerL).
     #[cfg(feature = "coarse-baseline")]
     coarse: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// Operations running (the index writer waits for a quiet store).
+    ops: Arc<indexing::Ops>,
+    /// The check of the index a start used (see `indexing`), stopped at shutdown.
+    verifier: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The start read the index rather than every record.
+    from_index: bool,
     _root_lock: crate::rootlock::RootLock,
 }
 
@@ -178,6 +187,10 @@ fn layer_info(meta: &LayerMeta, c: Counts) -> LayerInfo {
 }
 
 impl Inner {
+    fn verifier_slot(&self) -> std::sync::MutexGuard<'_, Option<tokio::task::JoinHandle<()>>> {
+        self.verifier.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// A copy of every published RW layer (the map lock held for the copy only).
     fn ready_rw(&self) -> Vec<Arc<rw::RwEntry>> {
         self.mounts.lock().values().filter_map(RwState::ready).collect()
@@ -244,14 +257,31 @@ impl Store {
         opts: StoreOptions,
     ) -> Result<Store> {
         #[cfg_attr(not(feature = "coarse-baseline"), allow(unused_mut))]
-        let mut inner = open::open(lock, driver, None).await?;
+        let (mut inner, from_index) = open::open(lock, driver, None).await?;
         #[cfg(feature = "coarse-baseline")]
         if opts.coarse_baseline {
             inner.coarse = Some(Arc::new(tokio::sync::Mutex::new(())));
         }
         #[cfg(not(feature = "coarse-baseline"))]
         let StoreOptions {} = opts;
-        Ok(Store { inner: Arc::new(inner) })
+        Ok(Store::started(inner, from_index))
+    }
+
+    /// The store, with the check of the index it started from (if it did)
+    /// running behind it.
+    fn started(mut inner: Inner, from_index: bool) -> Store {
+        inner.from_index = from_index;
+        let store = Store { inner: Arc::new(inner) };
+        if from_index {
+            let inner = store.inner.clone();
+            // Tracked, so `settle` waits for it; `shutdown` stops it first.
+            let h = store.inner.bg.spawn(async move {
+                let _op = inner.ops.begin();
+                inner.verify_index().await;
+            });
+            *store.inner.verifier_slot() = Some(h);
+        }
+        store
     }
 
     /// Open with a fault hook on every metadata write, fsync and rename (the
@@ -264,8 +294,8 @@ impl Store {
     ) -> Result<Store> {
         let root = root.into();
         let lock = blocking(move || crate::rootlock::RootLock::acquire(root)).await?;
-        let inner = open::open(lock, driver, Some(faults)).await?;
-        Ok(Store { inner: Arc::new(inner) })
+        let (inner, from_index) = open::open(lock, driver, Some(faults)).await?;
+        Ok(Store::started(inner, from_index))
     }
 
     /// Run a store operation to completion on its own task (see `detached`),
@@ -278,6 +308,7 @@ impl Store {
     {
         let inner = self.inner.clone();
         detached(async move {
+            let _op = inner.ops.begin();
             let _global = match inner.coarse() {
                 Some(m) => Some(m.lock_owned().await),
                 None => None,
@@ -428,7 +459,11 @@ impl Store {
     /// skipped.
     pub async fn fsck(&self, opts: crate::types::CheckOpts) -> Result<crate::types::CheckReport> {
         let inner = self.inner.clone();
-        detached(async move { inner.fsck(opts).await }).await
+        detached(async move {
+            let _op = inner.ops.begin();
+            inner.fsck(opts).await
+        })
+        .await
     }
 
     /// Entries held by the key locks and the singleflight map: (chain keys,
@@ -438,16 +473,44 @@ impl Store {
         (self.inner.chain_keys.len(), self.inner.name_keys.len(), self.inner.flights.len())
     }
 
-    /// Wait for background deletions to finish (for tests and benchmarks).
+    /// Wait for background deletions (and the check of the index a start
+    /// used) to finish (for tests and benchmarks).
     pub async fn settle(&self) {
         self.inner.bg.close();
         self.inner.bg.wait().await;
         self.inner.bg.reopen();
     }
 
-    /// Wait for background deletions and undo the driver's mounts.
+    /// Whether this store started from the layerdb index (one file read)
+    /// rather than a scan of every record.
+    pub fn started_from_index(&self) -> bool {
+        self.inner.from_index
+    }
+
+    /// Write the layerdb index from memory, if the store is quiet: no
+    /// operation running or pending, nothing damaged (see `indexing`).
+    /// Returns whether a current index is on disk (written now, or before
+    /// with no change since). [`Store::shutdown`] does it; a long-running
+    /// owner calls it now and then, so that a start after a crash finds it
+    /// too when the store was quiet before (the first change removes it).
+    pub async fn write_index(&self) -> Result<bool> {
+        self.inner.write_index().await
+    }
+
+    /// Stop the index check, wait for background deletions, write the
+    /// index and undo the driver's mounts.
     pub async fn shutdown(&self) -> Result<()> {
+        let verifier = self.inner.verifier_slot().take();
+        if let Some(h) = verifier {
+            h.abort();
+            let _ = h.await;
+        }
         self.settle().await;
+        match self.inner.write_index().await {
+            Ok(true) => tracing::debug!("wrote the layerdb index"),
+            Ok(false) => tracing::info!("no layerdb index written: the store was not quiet or holds damaged entries"),
+            Err(e) => tracing::warn!(error = %e, "writing the layerdb index failed; the next start scans"),
+        }
         let mounted = self.inner.ready_rw();
         for e in mounted {
             e.forget_mounts();

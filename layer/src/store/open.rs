@@ -37,6 +37,8 @@ struct Loaded {
     damaged_layers: Vec<(ChainId, Damage)>,
     mounts: Vec<(RwName, MountRecord)>,
     damaged_mounts: Vec<(RwName, Damage)>,
+    /// Read from the index: nothing was checked against the disk yet.
+    from_index: bool,
 }
 
 fn refuse(what: String, d: &Damage) -> LayerStoreError {
@@ -51,14 +53,31 @@ fn is_docker_removing(name: &str) -> bool {
     name.ends_with("-removing") && name.get(..64).and_then(Digest::parse_hex).is_some()
 }
 
+/// Read the records: from the index if there is a usable one (then
+/// `from_index`), else by a scan of every record's files.
 fn load(db: &LayerDb) -> Result<Loaded> {
     db.ensure_dirs()?;
     let reaped = db.reap()?;
     if reaped > 0 {
         info!(count = reaped, "emptied leftover transactions and trash");
     }
-    let mut loaded =
-        Loaded { layers: Vec::new(), damaged_layers: Vec::new(), mounts: Vec::new(), damaged_mounts: Vec::new() };
+    let mut loaded = Loaded {
+        layers: Vec::new(),
+        damaged_layers: Vec::new(),
+        mounts: Vec::new(),
+        damaged_mounts: Vec::new(),
+        from_index: false,
+    };
+    match db.read_index() {
+        Ok(ix) => {
+            info!(layers = ix.layers.len(), rw_layers = ix.mounts.len(), "loading the layerdb from its index");
+            loaded.layers = ix.layers;
+            loaded.mounts = ix.mounts;
+            loaded.from_index = true;
+            return Ok(loaded);
+        }
+        Err(why) => info!(why, "scanning the layerdb"),
+    }
     for name in db.layer_names()? {
         let path = db.root().join("sha256").join(&name);
         let Some(chain) = Digest::parse_hex(&name).map(ChainId) else {
@@ -172,11 +191,19 @@ fn ids_of(d: &Damage) -> impl Iterator<Item = &CacheId> {
     })
 }
 
-pub(super) async fn open(root_lock: RootLock, driver: Arc<dyn Driver>, faults: Option<FaultHook>) -> Result<Inner> {
+/// Open the store. The flag says it started from the index, whose check
+/// against the disk (and the orphaned driver dirs' removal) is left to
+/// `Inner::verify_index`, behind the first answers.
+pub(super) async fn open(
+    root_lock: RootLock,
+    driver: Arc<dyn Driver>,
+    faults: Option<FaultHook>,
+) -> Result<(Inner, bool)> {
     let root = root_lock.root().to_path_buf();
     let db = LayerDb::new(root.join("image").join(driver.name()).join("layerdb")).with_faults(faults);
     let d = db.clone();
     let loaded = blocking(move || load(&d)).await?;
+    let from_index = loaded.from_index;
     let all_chains: HashSet<ChainId> =
         loaded.layers.iter().map(|(c, _)| c).chain(loaded.damaged_layers.iter().map(|(c, _)| c)).cloned().collect();
     let unreadable: HashSet<ChainId> = loaded.damaged_layers.iter().map(|(c, _)| c.clone()).collect();
@@ -291,7 +318,9 @@ pub(super) async fn open(root_lock: RootLock, driver: Arc<dyn Driver>, faults: O
     }
     known.extend(graph.live().map(|(m, _)| m.cache_id.clone()));
     known.extend(damaged.ids.iter().cloned());
-    if damaged.complete {
+    // From the index, the orphan listing (per-layer work in some drivers)
+    // waits until the index is checked, after the first answers.
+    if damaged.complete && !from_index {
         for id in driver.ids().await? {
             if !known.contains(&id) {
                 info!(cache_id = %id, "removing orphaned driver dir");
@@ -310,13 +339,14 @@ pub(super) async fn open(root_lock: RootLock, driver: Arc<dyn Driver>, faults: O
         rw_layers = mounts.len(),
         damaged_layers = damaged.layers.len(),
         damaged_rw_layers = damaged.rws.len(),
+        from_index,
         "store open"
     );
     let stats: Vec<Arc<LockStats>> = ["layers_map", "mounts_map", "chain_keys", "name_keys"]
         .into_iter()
         .map(|n| Arc::new(LockStats::new(n)))
         .collect();
-    Ok(Inner {
+    let inner = Inner {
         root,
         db,
         driver,
@@ -330,6 +360,10 @@ pub(super) async fn open(root_lock: RootLock, driver: Arc<dyn Driver>, faults: O
         damaged,
         #[cfg(feature = "coarse-baseline")]
         coarse: None,
+        ops: Default::default(),
+        verifier: Default::default(),
+        from_index,
         _root_lock: root_lock,
-    })
+    };
+    Ok((inner, from_index))
 }
