@@ -136,7 +136,9 @@ impl Credentials {
 impl AuthEntry {
     fn credential(&self, key: &str) -> Result<Option<Credential>> {
         if let Some(auth) = self.auth.as_deref().filter(|a| !a.is_empty()) {
-            let bad = || RegistryError::InvalidArgument(format!("docker config: auths.{key}.auth is not base64 user:password"));
+            let bad = || {
+                RegistryError::InvalidArgument(format!("docker config: auths.{key}.auth is not base64 user:password"))
+            };
             let raw = base64::engine::general_purpose::STANDARD.decode(auth.trim()).map_err(|_| bad())?;
             let text = String::from_utf8(raw).map_err(|_| bad())?;
             let (u, p) = text.split_once(':').ok_or_else(bad)?;

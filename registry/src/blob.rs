@@ -112,7 +112,9 @@ async fn pump(
         };
         n += chunk.len() as u64;
         if n > size {
-            return Err(RegistryError::Digest(format!("blob {digest} is longer than the {size} bytes its manifest states")));
+            return Err(RegistryError::Digest(format!(
+                "blob {digest} is longer than the {size} bytes its manifest states"
+            )));
         }
         hasher.update(&chunk);
         if tx.send(Ok(Msg::Data(chunk))).await.is_err() {
@@ -124,7 +126,9 @@ async fn pump(
         }
     }
     if n != size {
-        return Err(RegistryError::Digest(format!("blob {digest} is truncated: {n} of the {size} bytes its manifest states")));
+        return Err(RegistryError::Digest(format!(
+            "blob {digest} is truncated: {n} of the {size} bytes its manifest states"
+        )));
     }
     let got = format!("sha256:{}", hex::encode(hasher.finalize()));
     if got != digest {
@@ -153,7 +157,9 @@ pub fn sha256_of(bytes: &[u8]) -> String {
 /// Validate a digest from a manifest before it goes into a URL.
 pub fn check_digest(d: &str) -> Result<()> {
     match d.split_once(':') {
-        Some(("sha256", hex)) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => {
+        Some(("sha256", hex))
+            if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+        {
             Ok(())
         }
         Some((alg, _)) if alg != "sha256" => Err(RegistryError::Unsupported(format!("digest algorithm of {d:?}"))),

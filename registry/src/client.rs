@@ -306,7 +306,8 @@ pub fn api_host(host: &str) -> &str {
 }
 
 fn header(v: &str) -> Result<HeaderValue> {
-    HeaderValue::from_str(v).map_err(|_| RegistryError::InvalidArgument("credential holds bytes not allowed in a header".into()))
+    HeaderValue::from_str(v)
+        .map_err(|_| RegistryError::InvalidArgument("credential holds bytes not allowed in a header".into()))
 }
 
 fn unreachable(host: &str, e: reqwest::Error) -> RegistryError {
@@ -392,8 +393,9 @@ mod tests {
 
     #[test]
     fn loopback_and_listed_registries_are_insecure() {
-        let c = Client::new(ClientOptions { insecure: vec!["reg.lan:5000".into(), "other".into()], ..Default::default() })
-            .unwrap();
+        let c =
+            Client::new(ClientOptions { insecure: vec!["reg.lan:5000".into(), "other".into()], ..Default::default() })
+                .unwrap();
         for h in ["localhost:5000", "127.0.0.1:5000", "127.9.9.9", "[::1]:5000", "reg.lan:5000", "other:1234"] {
             assert!(c.is_insecure(h), "{h}");
         }

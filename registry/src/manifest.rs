@@ -166,7 +166,7 @@ pub fn parse(content_type: &str, body: &[u8]) -> Result<Document> {
         OCI_MANIFEST | OCI_INDEX | DOCKER_MANIFEST | DOCKER_LIST => ct.to_owned(),
         _ => probe.media_type.clone().unwrap_or_default(),
     };
-    if probe.schema_version == Some(1) || mt.contains("manifest.v1") {
+    if probe.schema_version == Some(1) || mt.starts_with("application/vnd.docker.distribution.manifest.v1") {
         return Err(RegistryError::Unsupported("Docker schema 1 manifests are deprecated and not pulled".into()));
     }
     let is_index = match mt.as_str() {
@@ -192,7 +192,8 @@ impl Index {
     /// The entry for `want`, as Docker picks it: the first that serves it.
     pub fn pick(&self, want: &Platform) -> Result<&Descriptor> {
         self.manifests.iter().find(|d| d.platform.as_ref().is_some_and(|p| want.serves(p))).ok_or_else(|| {
-            let have: Vec<String> = self.manifests.iter().filter_map(|d| d.platform.as_ref().map(|p| p.to_string())).collect();
+            let have: Vec<String> =
+                self.manifests.iter().filter_map(|d| d.platform.as_ref().map(|p| p.to_string())).collect();
             RegistryError::NotFound(format!("no manifest for platform {want} (the index has: {})", have.join(", ")))
         })
     }
@@ -204,7 +205,9 @@ pub fn check_layer_media_type(mt: &str) -> Result<()> {
     match mt {
         DOCKER_LAYER_GZIP | DOCKER_FOREIGN_GZIP | OCI_LAYER | OCI_LAYER_GZIP | OCI_LAYER_ZSTD | OCI_NONDIST => Ok(()),
         m if m.starts_with("application/vnd.oci.image.layer.nondistributable.v1.tar") => Ok(()),
-        other => Err(RegistryError::Unsupported(format!("layer media type {other:?} is not a tar layer we can unpack"))),
+        other => {
+            Err(RegistryError::Unsupported(format!("layer media type {other:?} is not a tar layer we can unpack")))
+        }
     }
 }
 

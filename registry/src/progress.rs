@@ -38,7 +38,12 @@ impl Reporter {
     }
 
     pub fn bytes(&self, id: &str, status: &str, current: u64, total: u64) {
-        self.send(Progress { id: id.to_owned(), status: status.to_owned(), current: Some(current), total: Some(total) });
+        self.send(Progress {
+            id: id.to_owned(),
+            status: status.to_owned(),
+            current: Some(current),
+            total: Some(total),
+        });
     }
 
     fn send(&self, p: Progress) {

@@ -56,7 +56,12 @@ pub struct Pulled {
 
 impl Registry {
     /// Resolve and pull `reference` for `platform` (the host's by default).
-    pub async fn pull(&self, reference: &Reference, platform: Option<&Platform>, progress: &Reporter) -> Result<Pulled> {
+    pub async fn pull(
+        &self,
+        reference: &Reference,
+        platform: Option<&Platform>,
+        progress: &Reporter,
+    ) -> Result<Pulled> {
         let resolved = self.resolve(reference, platform, progress).await?;
         self.pull_layers(resolved, progress).await
     }
@@ -131,21 +136,35 @@ impl Registry {
         let d = &m.config;
         blob::check_digest(&d.digest)?;
         if !matches!(d.media_type.as_str(), manifest::DOCKER_CONFIG | manifest::OCI_CONFIG | "") {
-            return Err(RegistryError::Unsupported(format!("config media type {:?}: not a container image", d.media_type)));
+            return Err(RegistryError::Unsupported(format!(
+                "config media type {:?}: not a container image",
+                d.media_type
+            )));
         }
         if d.size > MAX_CONFIG {
-            return Err(RegistryError::BadResponse(format!("config of {} bytes is over the {MAX_CONFIG}-byte limit", d.size)));
+            return Err(RegistryError::BadResponse(format!(
+                "config of {} bytes is over the {MAX_CONFIG}-byte limit",
+                d.size
+            )));
         }
         let resp = self.get_blob(host, repo, &d.digest).await?;
         let body = read_capped(resp, d.size, &format!("config {}", d.digest)).await?;
         if body.len() as u64 != d.size {
-            return Err(RegistryError::Digest(format!("config {} is {} bytes, its manifest says {}", d.digest, body.len(), d.size)));
+            return Err(RegistryError::Digest(format!(
+                "config {} is {} bytes, its manifest says {}",
+                d.digest,
+                body.len(),
+                d.size
+            )));
         }
         blob::verify("config", &d.digest, &body)?;
         let config: manifest::Config = serde_json::from_slice(&body)
             .map_err(|e| RegistryError::BadResponse(format!("malformed image config {}: {e}", d.digest)))?;
         if config.rootfs.kind != "layers" {
-            return Err(RegistryError::BadResponse(format!("config rootfs type {:?}, want \"layers\"", config.rootfs.kind)));
+            return Err(RegistryError::BadResponse(format!(
+                "config rootfs type {:?}, want \"layers\"",
+                config.rootfs.kind
+            )));
         }
         if config.rootfs.diff_ids.len() != m.layers.len() {
             return Err(RegistryError::BadResponse(format!(
@@ -165,7 +184,9 @@ impl Registry {
             .rootfs
             .diff_ids
             .iter()
-            .map(|s| DiffId::parse(s).map_err(|_| RegistryError::BadResponse(format!("config diff_id {s:?} is malformed"))))
+            .map(|s| {
+                DiffId::parse(s).map_err(|_| RegistryError::BadResponse(format!("config diff_id {s:?} is malformed")))
+            })
             .collect::<Result<Vec<_>>>()?;
         for l in &m.layers {
             blob::check_digest(&l.digest)?;
@@ -242,7 +263,11 @@ impl Registry {
         res.map(|()| job.chain.clone())
     }
 
-    async fn pull_layer_inner(&self, job: &LayerJob<'_>, mut parent_done: Option<oneshot::Receiver<bool>>) -> Result<()> {
+    async fn pull_layer_inner(
+        &self,
+        job: &LayerJob<'_>,
+        mut parent_done: Option<oneshot::Receiver<bool>>,
+    ) -> Result<()> {
         let id = short(&job.desc().digest);
         loop {
             // Present already (another pull, a load, an earlier pull): a reference, no download.
@@ -317,8 +342,8 @@ impl Registry {
             // The download's reason is the precise one (the store saw only a broken stream).
             (Err(_), Err(e)) => Err(e),
             (Err(LayerStoreError::DiffIdMismatch { stated, got }), Ok(_)) => Err(RegistryError::Digest(format!(
-                    "layer {} unpacks to {got}, but the image config says its diff_id is {stated}",
-                    desc.digest
+                "layer {} unpacks to {got}, but the image config says its diff_id is {stated}",
+                desc.digest
             ))),
             (Err(e), Ok(_)) => Err(e.into()),
         }

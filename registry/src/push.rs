@@ -125,7 +125,13 @@ impl Registry {
         Ok(out)
     }
 
-    async fn push_layer(&self, target: &Reference, chain: &ChainId, diff: &DiffId, progress: &Reporter) -> Result<Descriptor> {
+    async fn push_layer(
+        &self,
+        target: &Reference,
+        chain: &ChainId,
+        diff: &DiffId,
+        progress: &Reporter,
+    ) -> Result<Descriptor> {
         let (host, repo) = (target.registry(), target.repository());
         let id = short(&diff.to_string());
         let here = source_of(target);
