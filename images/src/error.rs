@@ -18,6 +18,8 @@ pub enum ImageStoreError {
     InvalidConfig(String),
     #[error("invalid image: {0}")]
     Invalid(String),
+    #[error("invalid image archive: {0}")]
+    Archive(String),
     #[error("layer {chain_id} of the image is not in the layer store")]
     LayerMissing { chain_id: String },
     #[error("image {id} is tagged {}: remove the names one by one, or remove by name", names.join(", "))]
@@ -41,6 +43,7 @@ impl ImageStoreError {
             | AmbiguousId { .. }
             | InvalidConfig(_)
             | Invalid(_)
+            | Archive(_)
             | LayerMissing { .. } => ErrorKind::InvalidArgument,
             NotFound(_) => ErrorKind::NotFound,
             MultipleNames { .. } => ErrorKind::Conflict,

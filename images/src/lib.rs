@@ -13,6 +13,7 @@
 //!   in-memory index, never held across I/O; per-image keyed locks
 //!   ([`graphdriver::keyed::KeyedMutex`]) for work on one image.
 
+pub mod archive;
 mod disk;
 mod error;
 pub mod names;

@@ -136,6 +136,11 @@ impl ImageStore {
         })
     }
 
+    /// Where loads spool what they must (on the store's filesystem).
+    pub(crate) fn spool_root(&self) -> std::path::PathBuf {
+        self.inner.disk.tmp()
+    }
+
     /// The layer store under this image store.
     pub fn layers(&self) -> &layer::Store {
         &self.inner.layers
