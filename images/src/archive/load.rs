@@ -194,6 +194,8 @@ impl Loader<'_> {
                         .ok_or_else(|| bad(format!("link {name:?} has no target")))?;
                     let to = alias_target(&name, &target, kind == tar::EntryType::Link)?;
                     self.aliases.insert(name, to);
+                    // Names resolve differently now: read the plan again.
+                    self.plan = None;
                     self.dirty = true;
                     continue;
                 }
@@ -307,9 +309,10 @@ impl Loader<'_> {
     ) -> Result<Vec<(Option<ChainId>, PlannedLayer)>> {
         let mut out = Vec::new();
         for (parent, l) in positions {
-            if parent.as_ref().is_some_and(|p| !self.held_set.contains(p)) {
-                out.push((parent, l));
-            } else if !self.retain_existing(&l.chain_id)? {
+            // A position on a parent not held yet can't be looked up (its
+            // layer may exist on another parent); else the store may have it.
+            let parent_held = parent.as_ref().is_none_or(|p| self.held_set.contains(p));
+            if !parent_held || !self.retain_existing(&l.chain_id)? {
                 out.push((parent, l));
             }
         }

@@ -103,9 +103,13 @@ pub fn build(l: &mut dyn Lookup, final_: bool) -> Result<Built> {
         return docker(l, &m);
     }
     if let Some(ix) = l.metadata("index.json")? {
-        if !final_ {
-            // A Docker 25 archive holds both; wait for manifest.json.
-            return Ok(Built::Missing("manifest.json".into()));
+        // (A Docker 25 archive holds both; its index names the same blobs
+        // and, in annotations, the same names as its manifest.json.)
+        if l.metadata("oci-layout")?.is_none() {
+            if !final_ {
+                return Ok(Built::Missing("oci-layout".into()));
+            }
+            return Err(bad("index.json without oci-layout: not an OCI image layout"));
         }
         return oci(l, &ix);
     }
@@ -160,7 +164,7 @@ fn chain_layers(
 }
 
 fn blob_name(d: &oci_spec::image::Digest) -> Result<(String, Digest)> {
-    let digest = Digest::parse(&d.to_string()).map_err(|_| bad(format!("unsupported digest {d}: want sha256")))?;
+    let digest = Digest::parse(d.as_ref()).map_err(|_| bad(format!("unsupported digest {d}: want sha256")))?;
     Ok((format!("blobs/sha256/{}", digest.hex()), digest))
 }
 
@@ -190,9 +194,6 @@ fn is_index(media: &str) -> bool {
 }
 
 fn oci(l: &mut dyn Lookup, index: &[u8]) -> Result<Built> {
-    if l.metadata("oci-layout")?.is_none() {
-        return Err(bad("index.json without oci-layout: not an OCI image layout"));
-    }
     let ix = ImageIndex::from_reader(index).map_err(|e| bad(format!("index.json: {e}")))?;
     let mut plan = Plan::default();
     for desc in ix.manifests() {
