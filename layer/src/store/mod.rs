@@ -350,6 +350,17 @@ impl Store {
         self.run(move |inner| async move { inner.tar_stream(&chain).await }).await
     }
 
+    /// The length of the layer's tar ([`Self::tar_stream`]'s bytes) when the
+    /// store recorded it at registration (its SHA-256 checkpoints); `None`
+    /// for a layer Docker wrote. Reads one small file; takes no reference.
+    pub async fn tar_length(&self, chain_id: &ChainId) -> Result<Option<u64>> {
+        if self.inner.layers.lock().get(chain_id).is_none() {
+            return Err(self.inner.not_found(chain_id));
+        }
+        let (db, chain) = (self.inner.db.clone(), chain_id.clone());
+        blocking(move || Ok(db.read_checkpoints(&chain).map(|c| c.length()))).await
+    }
+
     pub async fn create_rw(&self, name: &RwName, parent: Option<&ChainId>, opts: RwOpts) -> Result<RwInfo> {
         let (name, parent) = (name.clone(), parent.cloned());
         self.run(move |inner| async move { inner.create_rw(&name, parent.as_ref(), opts).await }).await
