@@ -37,6 +37,8 @@ pub struct Resolved {
     pub manifest_digest: String,
     pub manifest_media_type: String,
     pub manifest: Bytes,
+    /// Digest of the index (manifest list) the manifest was picked from, if any.
+    pub index_digest: Option<String>,
     pub config_digest: String,
     pub config: Bytes,
     pub layers: Vec<Descriptor>,
@@ -78,7 +80,9 @@ impl Registry {
         let want = platform.cloned().unwrap_or_else(Platform::host);
         let (mut digest, mut media_type, mut body) = self.fetch_manifest(host, repo, tag_or_digest(reference)).await?;
         let mut doc = manifest::parse(&media_type, &body)?;
+        let mut index_digest = None;
         if let Document::Index(index) = &doc {
+            index_digest = Some(digest.clone());
             let entry = index.pick(&want)?.clone();
             blob::check_digest(&entry.digest)?;
             debug!(platform = %want, digest = %entry.digest, "index entry picked");
@@ -103,6 +107,7 @@ impl Registry {
             manifest_digest: digest,
             manifest_media_type: media_type,
             manifest: body,
+            index_digest,
             config_digest: m.config.digest.clone(),
             config,
             layers: m.layers,

@@ -5,5 +5,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod distribution;
+mod docker;
 mod hostile;
 mod support;
