@@ -17,6 +17,7 @@ macro_rules! outln {
 pub mod check;
 pub mod client;
 pub mod conformance;
+pub mod distribution;
 pub mod layer;
 pub mod output;
 pub mod progress;
@@ -53,6 +54,9 @@ pub enum Command {
     /// Writable (container) layers.
     #[command(subcommand)]
     Rw(RwCmd),
+    /// Images: pull and push through OCI registries.
+    #[command(subcommand)]
+    Image(ImageCmd),
     /// Show the store's root, driver and counts.
     Info {
         #[arg(long, value_enum, default_value_t)]
@@ -169,6 +173,28 @@ pub enum RwCmd {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Pull an image from a registry (progress per layer, as docker pull).
+    Pull {
+        /// An image reference: busybox, host:5000/team/app:v1, name@sha256:…
+        #[arg(value_name = "REF")]
+        reference: String,
+        /// os/arch[/variant] to pick from a multi-platform image (default: the host's).
+        #[arg(long, value_name = "OS/ARCH")]
+        platform: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Push the local image REF to the registry it names.
+    Push {
+        #[arg(value_name = "REF")]
+        reference: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
 /// `--format`: a human table, or the API's JSON.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -214,6 +240,12 @@ pub async fn run(cli: Cli) -> CliResult<ExitCode> {
     match cli.command {
         Command::Layer(cmd) => layer::run(&client, cmd).await,
         Command::Rw(cmd) => rw::run(&client, cmd).await,
+        Command::Image(ImageCmd::Pull { reference, platform, format }) => {
+            distribution::pull(&client, reference, platform, format).await.map(|()| ExitCode::SUCCESS)
+        }
+        Command::Image(ImageCmd::Push { reference, format }) => {
+            distribution::push(&client, reference, format).await.map(|()| ExitCode::SUCCESS)
+        }
         Command::Info { format } => info(&client, format).await.map(|()| ExitCode::SUCCESS),
         Command::Check { repair, verify, format } => {
             check::run(&client, ::layer::CheckOpts { repair, verify_content: verify }, format).await

@@ -26,10 +26,12 @@ mod tests {
     use serde::de::DeserializeOwned;
     use serde_json::{Map, Value, json};
 
+    use registry::Progress;
+
     use super::DOCUMENT;
     use crate::api::{
         BulkDeleteRequest, BulkDeleteResponse, BulkDeleteResult, CreateRwRequest, DeletedResponse, ErrorBody,
-        MountResponse,
+        MountResponse, PullRequest, PushRequest, PushResult,
     };
     use crate::server::routes::routes;
 
@@ -270,6 +272,36 @@ mod tests {
                 role: Role::Response,
             },
             same("Change", to_json(&Change { path: "/a".into(), kind: ChangeKind::Add }), Role::Response),
+            Sample {
+                schema: "PullRequest",
+                full: to_json(&PullRequest { reference: "busybox".into(), platform: Some("linux/amd64".into()) }),
+                minimal: to_json(&PullRequest { reference: "busybox".into(), platform: None }),
+                role: Role::Request(parses::<PullRequest>),
+            },
+            same(
+                "PushRequest",
+                to_json(&PushRequest { reference: "h:5000/a:v1".into() }),
+                Role::Request(parses::<PushRequest>),
+            ),
+            Sample {
+                schema: "Progress",
+                full: to_json(&Progress {
+                    id: "0123456789ab".into(),
+                    status: "Downloading".into(),
+                    current: Some(1),
+                    total: Some(2),
+                }),
+                minimal: to_json(&Progress {
+                    id: "0123456789ab".into(),
+                    status: "Waiting".into(),
+                    current: None,
+                    total: None,
+                }),
+                role: Role::Response,
+            },
+            // `image` is an ImageInfo; its own schema is sampled with the image routes.
+            same("PullResult", json!({"image": {}, "digest": chain.to_string()}), Role::Response),
+            same("PushResult", to_json(&PushResult { digest: chain.to_string(), size: 527 }), Role::Response),
         ]
     }
 

@@ -13,5 +13,6 @@ mod support;
 mod check;
 mod errors;
 mod layers;
+mod pull_push;
 mod rw;
 mod server;
