@@ -85,6 +85,14 @@ impl From<LayerStoreError> for ApiError {
     }
 }
 
+impl From<images::ImageStoreError> for ApiError {
+    fn from(e: images::ImageStoreError) -> Self {
+        let expose = matches!(e, images::ImageStoreError::Corrupt { .. })
+            || matches!(&e, images::ImageStoreError::Layer(l) if matches!(l, LayerStoreError::Corrupt { .. }));
+        ApiError { expose, kind: e.kind(), ..ApiError::new(status_of(e.kind()), e.to_string()) }
+    }
+}
+
 impl ApiError {
     /// Log the detail: 5xx as errors, 4xx at debug level.
     pub fn log(&self) {

@@ -11,6 +11,7 @@ pub mod driver;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
+pub mod images;
 pub mod layers;
 pub mod metrics;
 pub mod openapi;
@@ -157,6 +158,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = Store::open_locked(lock, driver, layer::StoreOptions::default())
         .await
         .with_context(|| format!("open the layer store in {}", config.root.display()))?;
+    let images = match ::images::ImageStore::open(store.clone()).await {
+        Ok(i) => i,
+        Err(e) => {
+            shutdown_store(&store).await;
+            return Err(anyhow::anyhow!("open the image store in {}: {e}", config.root.display()));
+        }
+    };
     let listeners = bind_all(&config).await;
     let (bound, tcp_listener) = match listeners {
         Ok(l) => l,
@@ -173,7 +181,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "layerd listening"
     );
     let (listener, socket_file) = bound.into_parts();
-    let state = AppState::new(store.clone()).with_idle_timeout(std::time::Duration::from_secs(config.idle_timeout));
+    let state =
+        AppState::new(store.clone(), images).with_idle_timeout(std::time::Duration::from_secs(config.idle_timeout));
     let app = router(state.clone());
     let stop = CancellationToken::new();
     let unix = async {
