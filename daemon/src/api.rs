@@ -47,6 +47,23 @@ pub struct RegisterQuery {
     pub diff_id: Option<String>,
 }
 
+/// Body of `POST /v1/images/tag`: give the image `source` (a name, id or id
+/// prefix) the name `target`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagRequest {
+    pub source: String,
+    pub target: String,
+}
+
+/// Query of `GET /v1/images/save`: `names` comma-separated; `format`
+/// `docker` (default) or `oci`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaveQuery {
+    pub names: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+}
+
 /// Answer of `DELETE /v1/layers/{chain}`: the layers the release freed (empty
 /// when the layer is still held by a child, an RW layer or another reference).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,6 +12,7 @@ pub mod driver;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
+pub mod images;
 pub mod layers;
 pub mod metrics;
 pub mod openapi;

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use super::error::{ApiError, ApiResult};
 use super::idempotency::{self, Idempotency};
 use super::metrics::{self, Metrics};
-use super::{distribution, layers, openapi, rw, stream, system, trace};
+use super::{distribution, images, layers, openapi, rw, stream, system, trace};
 
 /// Largest JSON request body accepted. The tar upload has no limit: it is
 /// streamed into the store and never buffered.
@@ -151,6 +151,12 @@ pub fn routes() -> Vec<Route> {
         Route::new(Get, "/v1/rw/{name}/changes", rw::changes),
         Route::new(Get, "/v1/rw/{name}/tar", rw::tar),
         Route::new(Post, "/v1/rw/{name}/commit", rw::commit),
+        Route::new(Get, "/v1/images", images::list),
+        Route::new(Post, "/v1/images/load", images::load),
+        Route::new(Get, "/v1/images/save", images::save),
+        Route::new(Post, "/v1/images/tag", images::tag),
+        Route::new(Get, "/v1/images/{reference}", images::inspect),
+        Route::new(Delete, "/v1/images/{reference}", images::remove),
         Route::new(Post, "/v1/images/pull", distribution::pull),
         Route::new(Post, "/v1/images/push", distribution::push),
     ]
