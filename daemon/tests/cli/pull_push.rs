@@ -89,6 +89,16 @@ fn image_pull_and_push_through_a_registry_with_progress_and_clear_errors() {
     assert!(stdout.contains(&format!("digest: {digest}")), "{stdout}");
     assert_eq!(stderr.matches("Layer already exists").count(), 2, "{stderr}");
 
+    // Under another name in the same registry: mounted, not uploaded.
+    let copy = format!("{}/e2e/copy:v1", reg.host());
+    d.ok(&["image", "tag", &name, &copy]);
+    let out = d.ctl(&["image", "push", &copy]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("Mounted from e2e/app").count(), 2, "{stderr}");
+    let v = d.json(&["image", "inspect", &copy]);
+    assert!(v.to_string().contains("e2e/copy:v1"), "{v}");
+
     // Clear errors, with their status before any progress.
     let missing = format!("{}/e2e/app:nope", reg.host());
     let err = d.fails(1, &["image", "pull", &missing]);
