@@ -1,9 +1,11 @@
-//! Duplicate suppression for downloads: the first pull that needs a layer
-//! (a ChainID: a blob on its parent) downloads and registers it; every
-//! other pull that needs it meanwhile waits for that one and then takes its
-//! own reference. Waiters are woken by the leader's result, never poll; a
-//! leader that goes away without a result (cancelled) lets one waiter take
-//! over.
+//! Duplicate suppression across concurrent pulls. Per layer: the first
+//! pull that needs a ChainID (a blob on its parent) downloads and registers
+//! it; every other pull that needs it meanwhile waits for that one and then
+//! takes its own reference. Per image: concurrent resolves of one reference
+//! and platform share one manifest and one config download. Waiters are
+//! woken by the leader's result (the value, or the error's words), never
+//! poll; a leader that goes away without a result (cancelled) lets one
+//! waiter take over.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -11,37 +13,37 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
 
-type Outcome = Option<Result<(), String>>;
+type Outcome<V> = Option<Result<V, String>>;
 
-pub struct Flights<K> {
-    map: Mutex<HashMap<K, watch::Receiver<Outcome>>>,
+pub struct Flights<K, V = ()> {
+    map: Mutex<HashMap<K, watch::Receiver<Outcome<V>>>>,
 }
 
-impl<K> Default for Flights<K> {
+impl<K, V> Default for Flights<K, V> {
     fn default() -> Self {
         Flights { map: Mutex::new(HashMap::new()) }
     }
 }
 
-pub enum Join<K: Hash + Eq + Clone> {
-    Leader(Leader<K>),
-    Follower(watch::Receiver<Outcome>),
+pub enum Join<K: Hash + Eq + Clone, V = ()> {
+    Leader(Leader<K, V>),
+    Follower(watch::Receiver<Outcome<V>>),
 }
 
 /// The one doing the work. Dropping it without [`Leader::finish`] wakes the
 /// followers to try again.
-pub struct Leader<K: Hash + Eq + Clone> {
-    flights: Arc<Flights<K>>,
+pub struct Leader<K: Hash + Eq + Clone, V = ()> {
+    flights: Arc<Flights<K, V>>,
     key: K,
-    tx: Option<watch::Sender<Outcome>>,
+    tx: Option<watch::Sender<Outcome<V>>>,
 }
 
-impl<K: Hash + Eq + Clone> Flights<K> {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<K, watch::Receiver<Outcome>>> {
+impl<K: Hash + Eq + Clone, V> Flights<K, V> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<K, watch::Receiver<Outcome<V>>>> {
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn join(self: &Arc<Self>, key: &K) -> Join<K> {
+    pub fn join(self: &Arc<Self>, key: &K) -> Join<K, V> {
         let mut map = self.map();
         if let Some(rx) = map.get(key) {
             return Join::Follower(rx.clone());
@@ -62,8 +64,8 @@ impl<K: Hash + Eq + Clone> Flights<K> {
     }
 }
 
-impl<K: Hash + Eq + Clone> Leader<K> {
-    pub fn finish(mut self, result: Result<(), String>) {
+impl<K: Hash + Eq + Clone, V> Leader<K, V> {
+    pub fn finish(mut self, result: Result<V, String>) {
         self.flights.map().remove(&self.key);
         if let Some(tx) = self.tx.take() {
             let _ = tx.send(Some(result));
@@ -71,7 +73,7 @@ impl<K: Hash + Eq + Clone> Leader<K> {
     }
 }
 
-impl<K: Hash + Eq + Clone> Drop for Leader<K> {
+impl<K: Hash + Eq + Clone, V> Drop for Leader<K, V> {
     fn drop(&mut self) {
         if self.tx.is_some() {
             self.flights.map().remove(&self.key);
@@ -81,7 +83,7 @@ impl<K: Hash + Eq + Clone> Drop for Leader<K> {
 
 /// Wait for a leader: `Some(result)` when it finished, `None` when it went
 /// away without one (the caller tries again, maybe as leader).
-pub async fn wait(mut rx: watch::Receiver<Outcome>) -> Option<Result<(), String>> {
+pub async fn wait<V: Clone>(mut rx: watch::Receiver<Outcome<V>>) -> Option<Result<V, String>> {
     match rx.wait_for(Option::is_some).await {
         Ok(v) => v.clone(),
         Err(_) => None,
@@ -94,7 +96,7 @@ mod tests {
 
     #[tokio::test]
     async fn followers_get_the_leaders_result_and_a_vanished_leader_frees_the_key() {
-        let f: Arc<Flights<u32>> = Arc::default();
+        let f: Arc<Flights<u32, ()>> = Arc::default();
         let Join::Leader(l) = f.join(&1) else { panic!("first is leader") };
         let Join::Follower(rx) = f.join(&1) else { panic!("second follows") };
         let w = tokio::spawn(wait(rx));

@@ -49,6 +49,8 @@ pub struct Registry {
     client: Client,
     store: layer::Store,
     flights: Arc<flight::Flights<layer::ChainId>>,
+    /// Resolves in flight, per (reference, platform).
+    resolves: Arc<flight::Flights<(String, String), Arc<pull::Resolved>>>,
     known: known::Known,
 }
 
@@ -56,7 +58,13 @@ impl Registry {
     /// `state_dir` keeps what we know of pushed and pulled blobs (`None`:
     /// in memory only).
     pub fn new(client: Client, store: layer::Store, state_dir: Option<PathBuf>) -> Registry {
-        Registry { client, store, flights: Arc::default(), known: known::Known::open(state_dir) }
+        Registry {
+            client,
+            store,
+            flights: Arc::default(),
+            resolves: Arc::default(),
+            known: known::Known::open(state_dir),
+        }
     }
 
     pub fn client(&self) -> &Client {
@@ -67,8 +75,8 @@ impl Registry {
         &self.store
     }
 
-    /// Downloads in flight (zero when idle).
+    /// Downloads and resolves in flight (zero when idle).
     pub fn downloads_in_flight(&self) -> usize {
-        self.flights.len()
+        self.flights.len() + self.resolves.len()
     }
 }

@@ -13,6 +13,8 @@
 //! the rest (children hold their parents). On failure it drops all of
 //! them, so nothing it registered outlives it.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use futures_util::future::join_all;
 use layer::{ChainId, DiffId, LayerStoreError, RegisterOpts};
@@ -68,22 +70,49 @@ impl Registry {
         self.pull_layers(resolved, progress).await
     }
 
-    /// Fetch and verify the manifest and config of `reference`.
+    /// Fetch and verify the manifest and config of `reference`. Concurrent
+    /// resolves of one reference and platform share one set of requests.
     pub async fn resolve(
         &self,
         reference: &Reference,
         platform: Option<&Platform>,
         progress: &Reporter,
     ) -> Result<Resolved> {
+        let want = platform.cloned().unwrap_or_else(Platform::host);
+        let key = (reference.to_string(), want.to_string());
+        loop {
+            match self.resolves.join(&key) {
+                Join::Follower(rx) => match flight::wait(rx).await {
+                    Some(Ok(r)) => {
+                        progress.status(&short(&r.manifest_digest), format!("Resolved {}", r.manifest_digest));
+                        return Ok((*r).clone());
+                    }
+                    // Failures are cheap to repeat, and repeating keeps the
+                    // error's kind (a missing tag stays a 404 for every puller).
+                    Some(Err(_)) => return self.resolve_now(reference, &want, progress).await,
+                    None => continue,
+                },
+                Join::Leader(leader) => {
+                    let res = self.resolve_now(reference, &want, progress).await;
+                    match &res {
+                        Ok(r) => leader.finish(Ok(Arc::new(r.clone()))),
+                        Err(e) => leader.finish(Err(e.to_string())),
+                    }
+                    return res;
+                }
+            }
+        }
+    }
+
+    async fn resolve_now(&self, reference: &Reference, want: &Platform, progress: &Reporter) -> Result<Resolved> {
         let host = reference.registry();
         let repo = reference.repository();
-        let want = platform.cloned().unwrap_or_else(Platform::host);
         let (mut digest, mut media_type, mut body) = self.fetch_manifest(host, repo, tag_or_digest(reference)).await?;
         let mut doc = manifest::parse(&media_type, &body)?;
         let mut index_digest = None;
         if let Document::Index(index) = &doc {
             index_digest = Some(digest.clone());
-            let entry = index.pick(&want)?.clone();
+            let entry = index.pick(want)?.clone();
             blob::check_digest(&entry.digest)?;
             debug!(platform = %want, digest = %entry.digest, "index entry picked");
             (digest, media_type, body) = self.fetch_manifest(host, repo, &entry.digest).await?;

@@ -216,3 +216,34 @@ async fn a_blob_redirected_to_another_host_is_fetched_without_our_credentials() 
     other.assert_empty().await;
     assert!(e.to_string().contains("redirect"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_pulls_fetch_the_manifest_the_config_and_each_blob_once() {
+    let fake = Fake::start().await;
+    let img = FakeImage::new(layer_tars(3, "once"), "amd64");
+    fake.serve_image("o/app", "v1", &img);
+    // Slow answers, so all ten pulls surely overlap the first one's resolve.
+    fake.state.lock().unwrap().delay = std::time::Duration::from_millis(150);
+    let store = TestStore::new().await;
+    let reg = std::sync::Arc::new(store.registry("{}"));
+    let r = reference::parse(&format!("{}/o/app:v1", fake.host())).unwrap();
+    let pulls: Vec<_> = (0..10)
+        .map(|_| {
+            let (reg, r) = (reg.clone(), r.clone());
+            tokio::spawn(async move { reg.pull(&r, None, &Reporter::none()).await })
+        })
+        .collect();
+    for p in pulls {
+        p.await.unwrap().unwrap();
+    }
+    let seen = fake.seen();
+    let count = |path: &str| seen.iter().filter(|(p, _)| p == path).count();
+    assert_eq!(count("/v2/o/app/manifests/v1"), 1, "{seen:?}");
+    assert_eq!(count(&format!("/v2/o/app/blobs/{}", sha(&img.config))), 1, "{seen:?}");
+    for (b, _) in &img.blobs {
+        assert_eq!(count(&format!("/v2/o/app/blobs/{}", sha(b))), 1, "{seen:?}");
+    }
+    assert_eq!(reg.downloads_in_flight(), 0);
+    let top = chain_of(&img.tars()).pop().unwrap();
+    assert_eq!(store.store.get(&top).unwrap().references, 10);
+}

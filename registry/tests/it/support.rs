@@ -136,6 +136,8 @@ pub struct FakeState {
     /// a 401 with this challenge.
     pub require: Option<(String, String)>,
     pub open_paths: Vec<String>,
+    /// Every answer waits this long (to make concurrent clients overlap).
+    pub delay: std::time::Duration,
 }
 
 /// A scriptable registry on 127.0.0.1.
@@ -151,6 +153,8 @@ async fn answer(State(st): State<Arc<Mutex<FakeState>>>, req: Request) -> Respon
         _ => req.uri().path().to_owned(),
     };
     let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let delay = st.lock().unwrap().delay;
+    tokio::time::sleep(delay).await;
     let mut st = st.lock().unwrap();
     st.seen.push((path.clone(), auth.clone()));
     let plain_path = req.uri().path().to_owned();
