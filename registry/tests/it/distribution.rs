@@ -34,14 +34,20 @@ async fn tar_bytes(store: &layer::Store, chain: &layer::ChainId) -> Vec<u8> {
     .unwrap()
 }
 
+/// A store holding an image of `n` layers: its tars, top layer and push source.
+async fn local_image(n: usize, tag: &str) -> (TestStore, Vec<Vec<u8>>, Option<layer::ChainId>, PushImage) {
+    let src = TestStore::new().await;
+    let tars = layer_tars(n, tag);
+    let top = register_chain(&src.store, &tars).await;
+    let image = PushImage { config: Bytes::from(config_for(&tars, "amd64")), top_layer: top.clone() };
+    (src, tars, top, image)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn push_then_pull_round_trips_and_a_repush_uploads_nothing() {
     need_registry!();
     let reg = DistributionRegistry::start(None);
-    let src = TestStore::new().await;
-    let tars = layer_tars(3, "rt");
-    let top = register_chain(&src.store, &tars).await;
-    let image = PushImage { config: Bytes::from(config_for(&tars, "amd64")), top_layer: top.clone() };
+    let (src, tars, top, image) = local_image(3, "rt").await;
     let client = src.registry("{}");
     let target = reference::parse(&format!("{}/test/app:v1", reg.host())).unwrap();
 
@@ -96,10 +102,7 @@ async fn push_then_pull_round_trips_and_a_repush_uploads_nothing() {
 async fn twenty_concurrent_pulls_download_and_unpack_each_layer_once() {
     need_registry!();
     let reg = DistributionRegistry::start(None);
-    let src = TestStore::new().await;
-    let tars = layer_tars(4, "many");
-    let top = register_chain(&src.store, &tars).await;
-    let image = PushImage { config: Bytes::from(config_for(&tars, "amd64")), top_layer: top.clone() };
+    let (src, _, top, image) = local_image(4, "many").await;
     let target = reference::parse(&format!("{}/test/many:latest", reg.host())).unwrap();
     src.registry("{}").push(&target, &image, &Reporter::none()).await.unwrap();
 
@@ -127,10 +130,7 @@ async fn twenty_concurrent_pulls_download_and_unpack_each_layer_once() {
 async fn basic_auth_uses_the_docker_config_and_says_so_without_it() {
     need_registry!();
     let reg = DistributionRegistry::start(Some(("alice", "s3cret")));
-    let src = TestStore::new().await;
-    let tars = layer_tars(1, "auth");
-    let top = register_chain(&src.store, &tars).await;
-    let image = PushImage { config: Bytes::from(config_for(&tars, "amd64")), top_layer: top.clone() };
+    let (src, _, top, image) = local_image(1, "auth").await;
     let target = reference::parse(&format!("{}/private/app:v1", reg.host())).unwrap();
 
     let anonymous = src.registry("{}");
