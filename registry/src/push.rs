@@ -155,7 +155,7 @@ impl Registry {
             }
         }
         progress.status(&id, "Pushing");
-        let (digest, size) = self.upload_layer(host, repo, chain).await?;
+        let (digest, size) = self.upload_layer(host, repo, chain, progress, &id).await?;
         self.known.remember(chain, &digest, size, &here).await;
         progress.bytes(&id, "Pushed", size, size);
         Ok(layer_desc(&digest, size))
@@ -211,9 +211,26 @@ impl Registry {
 
     /// Compress the layer's tar and stream it up: one PATCH, then the PUT
     /// that names the digest. Returns (digest, size) of the gzip blob.
-    async fn upload_layer(&self, host: &str, repo: &str, chain: &ChainId) -> Result<(String, u64)> {
+    async fn upload_layer(
+        &self,
+        host: &str,
+        repo: &str,
+        chain: &ChainId,
+        progress: &Reporter,
+        id: &str,
+    ) -> Result<(String, u64)> {
         let url = self.start_upload(host, repo).await?;
-        let tar = self.store.tar_stream(chain).await?;
+        // Progress counts the tar read (its length is known when the store
+        // recorded checkpoints; compressed sizes are known only at the end).
+        let total = self.store.tar_length(chain).await.ok().flatten();
+        let tar = Counting {
+            inner: self.store.tar_stream(chain).await?,
+            n: 0,
+            reported: 0,
+            total,
+            progress: progress.clone(),
+            id: id.to_owned(),
+        };
         let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(8);
         let compressor = tokio::task::spawn_blocking(move || {
             let mut tar = tar;
@@ -273,6 +290,30 @@ fn check_config(config: &[u8], layers: &[(ChainId, DiffId)]) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The layer's tar as the compressor reads it, reporting progress.
+struct Counting {
+    inner: graphdriver::TarReader,
+    n: u64,
+    reported: u64,
+    total: Option<u64>,
+    progress: Reporter,
+    id: String,
+}
+
+impl io::Read for Counting {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.n += k as u64;
+        if let Some(total) = self.total
+            && (self.n - self.reported >= 512 * 1024 || (k == 0 && self.n != self.reported))
+        {
+            self.reported = self.n;
+            self.progress.bytes(&self.id, "Pushing", self.n, total);
+        }
+        Ok(k)
+    }
 }
 
 /// The compressor's output: hashed, counted and sent in chunks.
