@@ -49,6 +49,8 @@ pub struct Registry {
     client: Client,
     store: layer::Store,
     flights: Arc<flight::Flights<layer::ChainId>>,
+    /// Whole pulls in flight, per top layer.
+    images: Arc<flight::Flights<layer::ChainId>>,
     /// Resolves in flight, per (reference, platform).
     resolves: Arc<flight::Flights<(String, String), Arc<pull::Resolved>>>,
     known: known::Known,
@@ -62,6 +64,7 @@ impl Registry {
             client,
             store,
             flights: Arc::default(),
+            images: Arc::default(),
             resolves: Arc::default(),
             known: known::Known::open(state_dir),
         }
@@ -77,6 +80,6 @@ impl Registry {
 
     /// Downloads and resolves in flight (zero when idle).
     pub fn downloads_in_flight(&self) -> usize {
-        self.flights.len() + self.resolves.len()
+        self.flights.len() + self.images.len() + self.resolves.len()
     }
 }

@@ -243,6 +243,43 @@ impl Registry {
         for d in &resolved.diff_ids {
             chains.push(ChainId::of(chains.last(), d));
         }
+        let Some(top) = chains.last().cloned() else {
+            return Ok(Pulled { resolved, top_layer: None, chain_ids: chains });
+        };
+        // The whole chain is what a pull needs a reference on: when another
+        // pull is already bringing in this top layer, wait for it and take
+        // one reference, instead of one per layer taken and dropped again.
+        loop {
+            if self.store.get(&top).is_ok() {
+                match self.store.retain(&top).await {
+                    Ok(_) => {
+                        for l in &resolved.layers {
+                            progress.status(&short(&l.digest), "Already exists");
+                        }
+                        return Ok(Pulled { resolved, top_layer: Some(top), chain_ids: chains });
+                    }
+                    Err(LayerStoreError::LayerNotFound(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            match self.images.join(&top) {
+                Join::Follower(rx) => match flight::wait(rx).await {
+                    Some(Ok(())) => continue,
+                    // The leader failed: do the work ourselves (per-layer
+                    // suppression still shares what it can).
+                    Some(Err(_)) | None => break,
+                },
+                Join::Leader(leader) => {
+                    let res = self.pull_chain(resolved, chains, progress).await;
+                    leader.finish(res.as_ref().map(|_| ()).map_err(ToString::to_string));
+                    return res;
+                }
+            }
+        }
+        self.pull_chain(resolved, chains, progress).await
+    }
+
+    async fn pull_chain(&self, resolved: Resolved, chains: Vec<ChainId>, progress: &Reporter) -> Result<Pulled> {
         for l in &resolved.layers {
             progress.status(&short(&l.digest), "Waiting");
         }
