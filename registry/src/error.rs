@@ -43,7 +43,8 @@ impl RegistryError {
             // A credentials problem is the caller's to fix; the closed set has
             // no "permission" kind, and a 4xx is the honest class.
             RegistryError::Unauthorized(_) => ErrorKind::InvalidArgument,
-            RegistryError::Unreachable { .. } => ErrorKind::Unsupported,
+            // Not the caller's fault, nor ours: the closed set's nearest is internal.
+            RegistryError::Unreachable { .. } => ErrorKind::Internal,
             RegistryError::BadResponse(_) => ErrorKind::InvalidArgument,
             RegistryError::Digest(_) => ErrorKind::DataLoss,
             RegistryError::Unsupported(_) => ErrorKind::Unsupported,

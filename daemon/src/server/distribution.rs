@@ -36,8 +36,13 @@ pub const NDJSON: &str = "application/x-ndjson";
 
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
-        // A registry's words name no path on this host: clients see them, 5xx included.
-        ApiError::exposed(status_of(e.kind()), e.kind(), e.to_string())
+        // A registry's words name no path on this host: clients see them,
+        // 5xx included. The store's own errors keep the usual rule.
+        match e {
+            RegistryError::Store(e) => e.into(),
+            RegistryError::Internal(_) => ApiError::internal(e.to_string()),
+            e => ApiError::exposed(status_of(e.kind()), e.kind(), e.to_string()),
+        }
     }
 }
 
