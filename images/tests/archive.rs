@@ -137,7 +137,8 @@ async fn round_trips_in_both_formats_from_stream_file_and_dir() {
             assert_eq!(a.chain_id, ia.chain_id);
             // Each image holds its top layer once; the load kept nothing.
             for info in [&a, &b] {
-                assert_eq!(dst.layers.get(info.chain_id.as_ref().unwrap()).unwrap().references, 1);
+                let l = dst.layers.get(info.chain_id.as_ref().unwrap()).unwrap();
+                assert_eq!((l.references, l.leases), (0, 1), "{format:?} {how}");
             }
             // Loading again registers nothing and reads no layer.
             let again = dst.images.load(Cursor::new(bytes.clone())).await.unwrap();

@@ -116,12 +116,14 @@ pub fn load(store: &ImageStore, input: impl Read, rt: Handle, spool_root: &Path)
         report: LoadReport::default(),
     };
     let res = l.run(input);
-    // Whatever happened, drop the load's own references: on success the
-    // images hold theirs; on failure this frees everything the load added.
+    // Whatever happened, drop the load's own leases: on success the images
+    // hold theirs; on failure this frees everything the load added. (A
+    // crash drops them too: leases live in memory only, and start-up
+    // collects the layers nothing else holds.)
     for c in l.held.iter().rev() {
         let layers = l.store.layers().clone();
-        if let Err(e) = l.rt.block_on(layers.release(c)) {
-            warn!(chain_id = %c, error = %e, "releasing a load's reference failed");
+        if let Err(e) = l.rt.block_on(layers.unlease(c)) {
+            warn!(chain_id = %c, error = %e, "dropping a load's lease failed");
         }
     }
     res.map(|()| l.report)
@@ -272,13 +274,12 @@ impl Loader<'_> {
         Ok(())
     }
 
-    /// Take a reference on `chain` if the store has it.
+    /// Take a lease on `chain` if the store has it.
     fn retain_existing(&mut self, chain: &ChainId) -> Result<bool> {
         if self.held_set.contains(chain) {
             return Ok(true);
         }
-        let layers = self.store.layers().clone();
-        match self.rt.block_on(layers.retain(chain)) {
+        match self.store.layers().lease(chain) {
             Ok(_) => {
                 self.hold(chain.clone());
                 self.report.layers_existing += 1;
@@ -293,11 +294,10 @@ impl Loader<'_> {
         if self.held_set.insert(chain.clone()) {
             self.held.push(chain);
         } else {
-            // A second reference on a chain we hold (a concurrent load
-            // registered it first): give it back now.
+            // A second lease on a chain we hold: give it back now.
             let layers = self.store.layers().clone();
-            if let Err(e) = self.rt.block_on(layers.release(&chain)) {
-                warn!(chain_id = %chain, error = %e, "releasing a duplicate reference failed");
+            if let Err(e) = self.rt.block_on(layers.unlease(&chain)) {
+                warn!(chain_id = %chain, error = %e, "dropping a duplicate lease failed");
             }
         }
     }
@@ -369,7 +369,8 @@ impl Loader<'_> {
             Some(d) => Box::new(VerifyingReader::new(reader, d.clone())),
             None => reader,
         };
-        let opts = RegisterOpts { parent, diff_id: Some(l.diff_id.clone()), blob_digest: l.blob_digest.clone() };
+        let opts =
+            RegisterOpts { parent, diff_id: Some(l.diff_id.clone()), blob_digest: l.blob_digest.clone(), lease: true };
         let layers = self.store.layers().clone();
         self.rt.spawn(async move { layers.register(reader, opts).await })
     }
