@@ -171,7 +171,7 @@ impl ImageStore {
     ) -> Result<(layer::Store, ImageStore)> {
         let (r, name) = (root.to_path_buf(), driver.name().to_string());
         let keep = blocking(move || ImageStore::layers_to_keep(&r, &name)).await?;
-        let layers = layer::Store::open_with(root, driver, layer::StoreOptions { keep, ..Default::default() }).await?;
+        let layers = layer::Store::open_with(root, driver, layer::StoreOptions::keeping(keep)).await?;
         let images = ImageStore::open(layers.clone()).await?;
         Ok((layers, images))
     }

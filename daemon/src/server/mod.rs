@@ -159,7 +159,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // the layer store's start-up must not collect them first.
     let keep = ::images::ImageStore::layers_to_keep(&config.root, driver.name())
         .with_context(|| format!("read the image store in {}", config.root.display()))?;
-    let store = Store::open_locked(lock, driver, layer::StoreOptions { keep, ..Default::default() })
+    let store = Store::open_locked(lock, driver, layer::StoreOptions::keeping(keep))
         .await
         .with_context(|| format!("open the layer store in {}", config.root.display()))?;
     let images = match ::images::ImageStore::open(store.clone()).await {

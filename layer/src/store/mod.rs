@@ -102,6 +102,15 @@ pub struct StoreOptions {
     pub coarse_baseline: bool,
 }
 
+impl StoreOptions {
+    /// Options keeping `keep` at start-up (see [`StoreOptions::keep`]).
+    // The baseline's extra field exists with the `coarse-baseline` feature only.
+    #[allow(clippy::needless_update)]
+    pub fn keeping(keep: Vec<ChainId>) -> StoreOptions {
+        StoreOptions { keep, ..StoreOptions::default() }
+    }
+}
+
 /// A handle to an open layer store. Cheap to clone; all clones share state.
 #[derive(Clone)]
 pub struct Store {
