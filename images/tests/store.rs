@@ -156,7 +156,7 @@ async fn a_crash_drops_leases_and_keeps_committed_images() {
     let c =
         layers.register(Box::new(Cursor::new(testkit::tars::files_tar(&[("c", b"3")]))), lease(None)).await.unwrap();
     let img = images
-        .put(NewImage::from_config(config_of(&[c.diff_id.clone()])), &[names::parse("kept").unwrap()])
+        .put(NewImage::from_config(config_of(std::slice::from_ref(&c.diff_id))), &[names::parse("kept").unwrap()])
         .await
         .unwrap();
     assert_eq!(layers.get(&c.chain_id).unwrap().leases, 2, "the put's and the image's");
