@@ -186,7 +186,11 @@ fn main() {
 
     let secs = |d: Duration| d.as_secs_f64();
     println!("  tar -x (floor)                      {:>8.2} s", secs(t_tar));
-    println!("  layerctl image load -i FILE         {:>8.2} s   {:.2}x of tar -x", secs(t_ours), secs(t_tar) / secs(t_ours));
+    println!(
+        "  layerctl image load -i FILE         {:>8.2} s   {:.2}x of tar -x",
+        secs(t_ours),
+        secs(t_tar) / secs(t_ours)
+    );
     println!(
         "  image load from a stream (spooled)  {:>8.2} s   {:.2}x of tar -x",
         secs(t_stream),

@@ -166,3 +166,23 @@ fn images_and_their_layers_survive_kill_9() {
     d.ok(&["image", "rm", "keep:1"]);
     assert_eq!(layers_when_settled(&d), json!([]));
 }
+
+/// `Idempotency-Key` works on the image routes as on the others: a repeated
+/// load or removal runs once and replays its outcome.
+#[test]
+fn image_posts_and_deletes_are_idempotent_with_a_key() {
+    let d = Daemon::start();
+    let (archive, _) = docker_archive("idem:1");
+    let key = [("Idempotency-Key", "load-1"), ("Content-Type", "application/x-tar")];
+    let first = (*d).request("POST", "/v1/images/load", &key, &archive);
+    assert_eq!(first.status, 200, "{}", String::from_utf8_lossy(&first.body));
+    let again = (*d).request("POST", "/v1/images/load", &key, &archive);
+    assert_eq!(again.status, 200);
+    assert!(again.head.contains("idempotent-replayed: true"), "{}", again.head);
+    assert_eq!(again.body, first.body);
+    let del = [("Idempotency-Key", "rm-1")];
+    let first = (*d).request("DELETE", "/v1/images/idem:1", &del, b"");
+    assert_eq!(first.status, 200, "{}", String::from_utf8_lossy(&first.body));
+    let again = (*d).request("DELETE", "/v1/images/idem:1", &del, b"");
+    assert_eq!((again.status, again.body), (200, first.body), "replayed, not a 404");
+}
