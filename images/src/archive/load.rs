@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::mpsc::sync_channel;
 
 use bytes::Bytes;
 use graphdriver::{IoContext, TarReader};
@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 use tracing::{debug, warn};
 
+use super::pipe::ChanReader;
 use super::plan::{self, Built, Lookup, Plan, PlannedLayer};
 use super::{INLINE_BYTES, MAX_INLINE_TOTAL, MAX_METADATA_BYTES, alias_target, bad, clean_member};
 use crate::error::{ImageStoreError, Result};
@@ -127,31 +128,6 @@ pub fn load(store: &ImageStore, input: impl Read, rt: Handle, spool_root: &Path)
         }
     }
     res.map(|()| l.report)
-}
-
-struct ChanReader {
-    rx: Receiver<io::Result<Vec<u8>>>,
-    cur: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for ChanReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.cur.len() {
-            match self.rx.recv() {
-                Ok(Ok(v)) => {
-                    self.cur = v;
-                    self.pos = 0;
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.cur.len() - self.pos);
-        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
 }
 
 impl Lookup for Loader<'_> {
@@ -337,7 +313,7 @@ impl Loader<'_> {
             return Ok(false);
         }
         let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(8);
-        let reader: TarReader = Box::new(ChanReader { rx, cur: Vec::new(), pos: 0 });
+        let reader: TarReader = Box::new(ChanReader::new(rx));
         let task = self.spawn_register(reader, parent, &first);
         let mut buf = vec![0u8; 256 << 10];
         loop {
