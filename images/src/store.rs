@@ -97,10 +97,12 @@ impl ImageStore {
         let mut state = State::default();
         for (id, facts, meta, manifest_bytes) in images {
             let chain = facts.chain_id();
+            // Each image holds its top layer by a lease, taken again here:
+            // the images on disk are the truth (see ARCHITECTURE.md).
             if let Some(c) = &chain
-                && layers.get(c).is_err()
+                && let Err(e) = layers.lease(c)
             {
-                warn!(id = %id, chain_id = %c, "image's layers are not in the layer store; skipped");
+                warn!(id = %id, chain_id = %c, error = %e, "image's layers are not in the layer store; skipped");
                 continue;
             }
             let manifest = match (meta.as_ref().and_then(|m| m.media_type.clone()), manifest_bytes) {
@@ -139,6 +141,39 @@ impl ImageStore {
     /// Where loads spool what they must (on the store's filesystem).
     pub(crate) fn spool_root(&self) -> std::path::PathBuf {
         self.inner.disk.tmp()
+    }
+
+    /// The top layers of the images recorded under `root` for the driver
+    /// named `driver`: what [`layer::StoreOptions::keep`] must name so that
+    /// the layer store's start-up keeps the layers images hold (by leases,
+    /// which [`Self::open`] takes again). Reads the configs; call it with
+    /// the root locked, before opening the layer store.
+    pub fn layers_to_keep(root: &std::path::Path, driver: &str) -> Result<Vec<ChainId>> {
+        let disk = Layout { dir: root.join("image").join(driver) };
+        if !disk.content_dir().is_dir() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for id in disk.list_ids()? {
+            match disk.read_config(&id).and_then(|c| ConfigFacts::parse(&c)) {
+                Ok(f) => out.extend(f.chain_id()),
+                Err(e) => warn!(id = %id, error = %e, "image config unreadable"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Open the layer store (keeping the images' layers) and the image store
+    /// on it: the way to open both.
+    pub async fn open_with_layers(
+        root: &std::path::Path,
+        driver: std::sync::Arc<dyn graphdriver::Driver>,
+    ) -> Result<(layer::Store, ImageStore)> {
+        let (r, name) = (root.to_path_buf(), driver.name().to_string());
+        let keep = blocking(move || ImageStore::layers_to_keep(&r, &name)).await?;
+        let layers = layer::Store::open_with(root, driver, layer::StoreOptions::keeping(keep)).await?;
+        let images = ImageStore::open(layers.clone()).await?;
+        Ok((layers, images))
     }
 
     /// The layer store under this image store.
@@ -325,8 +360,10 @@ impl Inner {
                 e
             }
             None => {
+                // The image's hold is a lease (memory only): the config
+                // written below is the commit, and `open` leases again.
                 if let Some(c) = &chain {
-                    self.layers.retain(c).await.map_err(|e| match e {
+                    self.layers.lease(c).map_err(|e| match e {
                         LayerStoreError::LayerNotFound(_) => ImageStoreError::LayerMissing { chain_id: c.to_string() },
                         e => e.into(),
                     })?;
@@ -336,9 +373,9 @@ impl Inner {
                     Ok(m) => m,
                     Err(e) => {
                         if let Some(c) = &chain
-                            && let Err(re) = self.layers.release(c).await
+                            && let Err(re) = self.layers.unlease(c).await
                         {
-                            warn!(chain_id = %c, error = %re, "releasing the reference of a failed put failed");
+                            warn!(chain_id = %c, error = %re, "dropping the lease of a failed put failed");
                         }
                         return Err(e);
                     }
@@ -450,7 +487,7 @@ impl Inner {
         report.deleted.push(e.id.clone());
         info!(id = %e.id, "deleted image");
         if let Some(c) = &e.chain {
-            report.layers_deleted = self.layers.release(c).await?;
+            report.layers_deleted = self.layers.unlease(c).await?;
         }
         Ok(report)
     }

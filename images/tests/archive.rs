@@ -137,7 +137,8 @@ async fn round_trips_in_both_formats_from_stream_file_and_dir() {
             assert_eq!(a.chain_id, ia.chain_id);
             // Each image holds its top layer once; the load kept nothing.
             for info in [&a, &b] {
-                assert_eq!(dst.layers.get(info.chain_id.as_ref().unwrap()).unwrap().references, 1);
+                let l = dst.layers.get(info.chain_id.as_ref().unwrap()).unwrap();
+                assert_eq!((l.references, l.leases), (0, 1), "{format:?} {how}");
             }
             // Loading again registers nothing and reads no layer.
             let again = dst.images.load(Cursor::new(bytes.clone())).await.unwrap();
@@ -369,4 +370,24 @@ async fn hostile_oci_layouts_are_refused_and_leave_nothing() {
         "a".repeat(128)
     );
     refused(oci_layout(&sha512, &[], &[]), "sha512").await;
+}
+
+/// A layer whose stored data fails verification breaks the save as a read
+/// error, never as a clean (truncated) end of the archive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_that_fails_part_way_ends_with_an_error() {
+    let e = env().await;
+    let (_, ib) = seed(&e).await;
+    let chain = ib.chain_id.clone().unwrap();
+    let cache = e.layers.get(&chain).unwrap().cache_id;
+    let file = e.dir.join("root/vfs/vfs/dir").join(&cache).join("b");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+    let mut r = e.images.save_reader(&["localhost:5000/app:b".to_string()], Format::Docker).await.unwrap();
+    let res = tokio::task::spawn_blocking(move || std::io::Read::read_to_end(&mut r, &mut Vec::new())).await.unwrap();
+    let err = res.unwrap_err();
+    assert!(err.to_string().contains("image save failed"), "{err}");
+    // Unknown names fail before anything is streamed.
+    assert!(e.images.save_reader(&["nope".to_string()], Format::Oci).await.is_err());
 }

@@ -8,10 +8,11 @@
 //! makes one pull the leader of each ChainID; the others wait for it and
 //! take a reference — each layer is fetched and unpacked once.
 //!
-//! A pull holds one store reference per layer while it runs; at the end
-//! it keeps only the top layer's (handed to the image record) and drops
-//! the rest (children hold their parents). On failure it drops all of
-//! them, so nothing it registered outlives it.
+//! A pull holds one store **lease** (a reference in memory only: a crash
+//! drops it and start-up collects what nothing else holds) per layer while
+//! it runs; at the end it keeps only the top layer's (the image record
+//! takes its own) and drops the rest (children hold their parents). On
+//! failure it drops all of them, so nothing it registered outlives it.
 
 use std::sync::Arc;
 
@@ -51,8 +52,8 @@ pub struct Resolved {
 #[derive(Debug, Clone)]
 pub struct Pulled {
     pub resolved: Resolved,
-    /// The top layer, with one reference held for the caller (`None` for an
-    /// image without layers).
+    /// The top layer, with one lease held for the caller, who gives it back
+    /// with `Store::unlease` (`None` for an image without layers).
     pub top_layer: Option<ChainId>,
     /// Every layer's ChainID, base first.
     pub chain_ids: Vec<ChainId>,
@@ -251,7 +252,7 @@ impl Registry {
         // one reference, instead of one per layer taken and dropped again.
         loop {
             if self.store.get(&top).is_ok() {
-                match self.store.retain(&top).await {
+                match self.store.lease(&top) {
                     Ok(_) => {
                         for l in &resolved.layers {
                             progress.status(&short(&l.digest), "Already exists");
@@ -316,7 +317,7 @@ impl Registry {
 
     async fn release_all(&self, chains: &[ChainId]) {
         for c in chains.iter().rev() {
-            if let Err(e) = self.store.release(c).await {
+            if let Err(e) = self.store.unlease(c).await {
                 warn!(chain_id = %c, error = %e, "releasing a pull's reference failed");
             }
         }
@@ -343,7 +344,7 @@ impl Registry {
         loop {
             // Present already (another pull, a load, an earlier pull): a reference, no download.
             if self.store.get(job.chain).is_ok() {
-                match self.store.retain(job.chain).await {
+                match self.store.lease(job.chain) {
                     Ok(_) => {
                         job.progress.status(&id, "Already exists");
                         return Ok(());
@@ -396,6 +397,7 @@ impl Registry {
             parent: job.parent.cloned(),
             diff_id: Some(job.resolved.diff_ids[job.index].clone()),
             blob_digest: layer::Digest::parse(&desc.digest).ok(),
+            lease: true,
         };
         let registered = self.store.register(Box::new(reader), opts).await;
         let verdict = verdict.await.map_err(|e| RegistryError::Internal(format!("download task: {e}")))?;
@@ -407,7 +409,7 @@ impl Registry {
                 Ok(())
             }
             (Ok(info), Err(e)) => {
-                let _ = self.store.release(&info.chain_id).await;
+                let _ = self.store.unlease(&info.chain_id).await;
                 Err(e)
             }
             // The download's reason is the precise one (the store saw only a broken stream).

@@ -57,11 +57,11 @@ impl Registry {
     pub async fn push(&self, target: &Reference, image: &PushImage, progress: &Reporter) -> Result<Pushed> {
         // Hold the chain while we read it.
         if let Some(top) = &image.top_layer {
-            self.store.retain(top).await?;
+            self.store.lease(top)?;
         }
         let res = self.push_held(target, image, progress).await;
         if let Some(top) = &image.top_layer {
-            let _ = self.store.release(top).await;
+            let _ = self.store.unlease(top).await;
         }
         res
     }

@@ -168,8 +168,7 @@ fn one_overlay2_root_images_go_both_ways_between_layerd_and_dockerd() -> Result<
     d.stop()?;
     rt.block_on(async {
         let (_, driver, _) = drivers::registry::select(&root)?;
-        let layers = Store::open(&root, driver).await?;
-        let images = ImageStore::open(layers.clone()).await?;
+        let (layers, images) = ImageStore::open_with_layers(&root, driver).await?;
         assert_eq!(images.get("bydocker:2")?.id.to_string(), id);
         assert_eq!(images.get("other:3")?.id.to_string(), other_id);
         assert_eq!(images.get("fromlayerd:1")?.id.to_string(), id);

@@ -86,7 +86,7 @@ async fn pull_and_record(
     let recorded = images.put(new, std::slice::from_ref(r)).await;
     // The image took its own reference; drop the pull's.
     if let Some(top) = &pulled.top_layer {
-        let _ = reg.store().release(top).await;
+        let _ = reg.store().unlease(top).await;
     }
     let image = recorded?;
     progress.status("image", format!("Digest: {digest_str}"));

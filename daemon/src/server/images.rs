@@ -64,14 +64,8 @@ pub async fn save(
 ) -> ApiResult<Response> {
     let refs: Vec<String> = q.names.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect();
     let format: Format = q.format.as_deref().unwrap_or("docker").parse()?;
-    // Resolve every name now, so a bad one is a 4xx, not a broken stream.
-    images::archive::save::items(&state.images, &refs)?;
-    let (reader, writer) = std::io::pipe().map_err(|e| ApiError::internal(format!("pipe: {e}")))?;
-    let store = state.images.clone();
-    tokio::spawn(async move {
-        if let Err(e) = store.save(&refs, format, writer).await {
-            tracing::warn!(error = %e, "image save failed while streaming");
-        }
-    });
-    Ok(tar_response(Box::new(reader), state.metrics.exported.clone(), state.idle_timeout, trailers))
+    // Every name is resolved before anything is sent: a bad one is a 4xx,
+    // not a broken stream; a failure later ends the body with an error.
+    let reader = state.images.save_reader(&refs, format).await?;
+    Ok(tar_response(reader, state.metrics.exported.clone(), state.idle_timeout, trailers))
 }

@@ -165,7 +165,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // leftovers in its home, which must never happen under a live daemon.
     let lock = layer::RootLock::acquire(&config.root)?;
     let driver = driver::open(&config.driver, &config.root).await?;
-    let store = Store::open_locked(lock, driver, layer::StoreOptions::default())
+    // The images' top layers, which the image store leases when it opens:
+    // the layer store's start-up must not collect them first.
+    let keep = ::images::ImageStore::layers_to_keep(&config.root, driver.name())
+        .with_context(|| format!("read the image store in {}", config.root.display()))?;
+    let store = Store::open_locked(lock, driver, layer::StoreOptions::keeping(keep))
         .await
         .with_context(|| format!("open the layer store in {}", config.root.display()))?;
     let images = match ::images::ImageStore::open(store.clone()).await {

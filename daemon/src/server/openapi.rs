@@ -211,6 +211,7 @@ mod tests {
             depth: 2,
             cache_id: hex.clone(),
             references: 1,
+            leases: 0,
             children: 0,
             rw_layers: 0,
         };

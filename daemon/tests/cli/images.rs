@@ -52,10 +52,11 @@ fn images_load_ls_tag_save_rm() {
     let info = d.json(&["image", "inspect", "example/app:1"]);
     assert_eq!(info["id"], json!(id));
     assert_eq!(info["diff_ids"].as_array().unwrap().len(), 2);
-    // Only the image holds the layers: one reference on the top, the base
-    // held by its child.
+    // Only the image holds the layers: a lease on the top, the base held by
+    // its child; no persisted reference.
     let top = info["chain_id"].as_str().unwrap().to_owned();
-    assert_eq!(d.json(&["layer", "inspect", &top])["references"], json!(1));
+    let l = d.json(&["layer", "inspect", &top]);
+    assert_eq!((&l["references"], &l["leases"]), (&json!(0), &json!(1)));
     assert_eq!(d.json(&["layer", "ls", "--format", "json"]).as_array().unwrap().len(), 2);
 
     // Loading again, from stdin and from a directory, adds nothing.
@@ -64,7 +65,7 @@ fn images_load_ls_tag_save_rm() {
     let dir = work.path().join("unpacked");
     tar::Archive::new(&archive[..]).unpack(&dir).unwrap();
     d.ok(&["image", "load", "-i", dir.to_str().unwrap()]);
-    assert_eq!(d.json(&["layer", "inspect", &top])["references"], json!(1));
+    assert_eq!(d.json(&["layer", "inspect", &top])["leases"], json!(1));
 
     // Tag, by id prefix, and a name with a registry and a path.
     d.ok(&["image", "tag", &id[7..19], "localhost:5000/team/app:v2"]);
@@ -143,4 +144,45 @@ fn bad_archives_and_references_are_4xx_and_leave_nothing() {
     // A name with slashes, percent-encoded as one segment.
     let r = d.request("GET", "/v1/images/docker.io%2Flibrary%2Fx%3A1", None, b"");
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// Images survive a restart, even a `kill -9`: the image's hold is a lease
+/// re-taken at start-up, and the layers it holds are kept; a second
+/// daemon start after `image rm` collects nothing it should keep.
+#[test]
+fn images_and_their_layers_survive_kill_9() {
+    let work = tempfile::tempdir().unwrap();
+    let (root, socket) = (work.path().join("root"), work.path().join("s.sock"));
+    let mut d = Daemon::start_at(&root, &socket);
+    let (archive, id) = docker_archive("keep:1");
+    let out = ctl_with(&d.host(), &["image", "load"], Some(&archive));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    d.kill9();
+    drop(d);
+    let d = Daemon::start_at(&root, &socket);
+    assert_eq!(d.json(&["image", "inspect", "keep:1"])["id"], json!(id));
+    let layers = d.json(&["layer", "ls", "--format", "json"]);
+    assert_eq!(layers.as_array().unwrap().len(), 2, "{layers}");
+    d.ok(&["image", "rm", "keep:1"]);
+    assert_eq!(layers_when_settled(&d), json!([]));
+}
+
+/// `Idempotency-Key` works on the image routes as on the others: a repeated
+/// load or removal runs once and replays its outcome.
+#[test]
+fn image_posts_and_deletes_are_idempotent_with_a_key() {
+    let d = Daemon::start();
+    let (archive, _) = docker_archive("idem:1");
+    let key = [("Idempotency-Key", "load-1"), ("Content-Type", "application/x-tar")];
+    let first = (*d).request("POST", "/v1/images/load", &key, &archive);
+    assert_eq!(first.status, 200, "{}", String::from_utf8_lossy(&first.body));
+    let again = (*d).request("POST", "/v1/images/load", &key, &archive);
+    assert_eq!(again.status, 200);
+    assert!(again.head.contains("idempotent-replayed: true"), "{}", again.head);
+    assert_eq!(again.body, first.body);
+    let del = [("Idempotency-Key", "rm-1")];
+    let first = (*d).request("DELETE", "/v1/images/idem:1", &del, b"");
+    assert_eq!(first.status, 200, "{}", String::from_utf8_lossy(&first.body));
+    let again = (*d).request("DELETE", "/v1/images/idem:1", &del, b"");
+    assert_eq!((again.status, again.body), (200, first.body), "replayed, not a 404");
 }

@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::mpsc::sync_channel;
 
 use bytes::Bytes;
 use graphdriver::{IoContext, TarReader};
@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 use tracing::{debug, warn};
 
+use super::pipe::ChanReader;
 use super::plan::{self, Built, Lookup, Plan, PlannedLayer};
 use super::{INLINE_BYTES, MAX_INLINE_TOTAL, MAX_METADATA_BYTES, alias_target, bad, clean_member};
 use crate::error::{ImageStoreError, Result};
@@ -116,40 +117,17 @@ pub fn load(store: &ImageStore, input: impl Read, rt: Handle, spool_root: &Path)
         report: LoadReport::default(),
     };
     let res = l.run(input);
-    // Whatever happened, drop the load's own references: on success the
-    // images hold theirs; on failure this frees everything the load added.
+    // Whatever happened, drop the load's own leases: on success the images
+    // hold theirs; on failure this frees everything the load added. (A
+    // crash drops them too: leases live in memory only, and start-up
+    // collects the layers nothing else holds.)
     for c in l.held.iter().rev() {
         let layers = l.store.layers().clone();
-        if let Err(e) = l.rt.block_on(layers.release(c)) {
-            warn!(chain_id = %c, error = %e, "releasing a load's reference failed");
+        if let Err(e) = l.rt.block_on(layers.unlease(c)) {
+            warn!(chain_id = %c, error = %e, "dropping a load's lease failed");
         }
     }
     res.map(|()| l.report)
-}
-
-struct ChanReader {
-    rx: Receiver<io::Result<Vec<u8>>>,
-    cur: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for ChanReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.cur.len() {
-            match self.rx.recv() {
-                Ok(Ok(v)) => {
-                    self.cur = v;
-                    self.pos = 0;
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.cur.len() - self.pos);
-        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
 }
 
 impl Lookup for Loader<'_> {
@@ -272,13 +250,12 @@ impl Loader<'_> {
         Ok(())
     }
 
-    /// Take a reference on `chain` if the store has it.
+    /// Take a lease on `chain` if the store has it.
     fn retain_existing(&mut self, chain: &ChainId) -> Result<bool> {
         if self.held_set.contains(chain) {
             return Ok(true);
         }
-        let layers = self.store.layers().clone();
-        match self.rt.block_on(layers.retain(chain)) {
+        match self.store.layers().lease(chain) {
             Ok(_) => {
                 self.hold(chain.clone());
                 self.report.layers_existing += 1;
@@ -293,11 +270,10 @@ impl Loader<'_> {
         if self.held_set.insert(chain.clone()) {
             self.held.push(chain);
         } else {
-            // A second reference on a chain we hold (a concurrent load
-            // registered it first): give it back now.
+            // A second lease on a chain we hold: give it back now.
             let layers = self.store.layers().clone();
-            if let Err(e) = self.rt.block_on(layers.release(&chain)) {
-                warn!(chain_id = %chain, error = %e, "releasing a duplicate reference failed");
+            if let Err(e) = self.rt.block_on(layers.unlease(&chain)) {
+                warn!(chain_id = %chain, error = %e, "dropping a duplicate lease failed");
             }
         }
     }
@@ -337,7 +313,7 @@ impl Loader<'_> {
             return Ok(false);
         }
         let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(8);
-        let reader: TarReader = Box::new(ChanReader { rx, cur: Vec::new(), pos: 0 });
+        let reader: TarReader = Box::new(ChanReader::new(rx));
         let task = self.spawn_register(reader, parent, &first);
         let mut buf = vec![0u8; 256 << 10];
         loop {
@@ -369,7 +345,8 @@ impl Loader<'_> {
             Some(d) => Box::new(VerifyingReader::new(reader, d.clone())),
             None => reader,
         };
-        let opts = RegisterOpts { parent, diff_id: Some(l.diff_id.clone()), blob_digest: l.blob_digest.clone() };
+        let opts =
+            RegisterOpts { parent, diff_id: Some(l.diff_id.clone()), blob_digest: l.blob_digest.clone(), lease: true };
         let layers = self.store.layers().clone();
         self.rt.spawn(async move { layers.register(reader, opts).await })
     }

@@ -14,6 +14,7 @@
 
 pub mod load;
 pub mod order;
+pub mod pipe;
 pub mod plan;
 pub mod save;
 
@@ -52,6 +53,23 @@ impl ImageStore {
         let report = loaded?;
         written?;
         Ok(report)
+    }
+
+    /// The archive of the images `refs` name, as a reader: every name is
+    /// resolved first (an unknown one fails here), then the archive is
+    /// written on a blocking thread; a failure part-way reaches the reader
+    /// as a read error, never as a clean end.
+    pub async fn save_reader(&self, refs: &[String], format: Format) -> Result<Box<dyn Read + Send>> {
+        let items = save::items(self, refs)?;
+        let (writer, reader, fail) = pipe::pipe();
+        let (store, rt) = (self.clone(), tokio::runtime::Handle::current());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = save::save(&store, &items, format, writer, &rt) {
+                tracing::warn!(error = %e, "image save failed part-way");
+                let _ = fail.send(Err(std::io::Error::other(format!("image save failed: {e}"))));
+            }
+        });
+        Ok(Box::new(reader))
     }
 
     /// Write the images `refs` name as an archive to `out`.

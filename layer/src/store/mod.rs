@@ -90,12 +90,25 @@ pub(crate) struct Inner {
 /// How a store is opened.
 #[derive(Debug, Clone, Default)]
 pub struct StoreOptions {
+    /// Layers start-up must not collect even if nothing on disk holds them:
+    /// the top layers of the image store's images, which it leases when it
+    /// opens (see `images::ImageStore::layers_to_keep`).
+    pub keep: Vec<ChainId>,
     /// Emulate a coarse-locked store (one global lock held across driver I/O,
     /// deletion inline) — the baseline the benchmarks compare against. Never
     /// use it for real work. Only with the `coarse-baseline` feature, which
     /// only the benchmark enables.
     #[cfg(feature = "coarse-baseline")]
     pub coarse_baseline: bool,
+}
+
+impl StoreOptions {
+    /// Options keeping `keep` at start-up (see [`StoreOptions::keep`]).
+    // The baseline's extra field exists with the `coarse-baseline` feature only.
+    #[allow(clippy::needless_update)]
+    pub fn keeping(keep: Vec<ChainId>) -> StoreOptions {
+        StoreOptions { keep, ..StoreOptions::default() }
+    }
 }
 
 /// A handle to an open layer store. Cheap to clone; all clones share state.
@@ -172,6 +185,7 @@ fn layer_info(meta: &LayerMeta, c: Counts) -> LayerInfo {
         depth: meta.depth,
         cache_id: meta.cache_id.to_string(),
         references: c.refs,
+        leases: c.leases,
         children: c.children,
         rw_layers: c.rw,
     }
@@ -244,13 +258,11 @@ impl Store {
         opts: StoreOptions,
     ) -> Result<Store> {
         #[cfg_attr(not(feature = "coarse-baseline"), allow(unused_mut))]
-        let mut inner = open::open(lock, driver, None).await?;
+        let mut inner = open::open(lock, driver, None, &opts.keep).await?;
         #[cfg(feature = "coarse-baseline")]
         if opts.coarse_baseline {
             inner.coarse = Some(Arc::new(tokio::sync::Mutex::new(())));
         }
-        #[cfg(not(feature = "coarse-baseline"))]
-        let StoreOptions {} = opts;
         Ok(Store { inner: Arc::new(inner) })
     }
 
@@ -264,7 +276,7 @@ impl Store {
     ) -> Result<Store> {
         let root = root.into();
         let lock = blocking(move || crate::rootlock::RootLock::acquire(root)).await?;
-        let inner = open::open(lock, driver, Some(faults)).await?;
+        let inner = open::open(lock, driver, Some(faults), &[]).await?;
         Ok(Store { inner: Arc::new(inner) })
     }
 
@@ -334,6 +346,26 @@ impl Store {
         let mut out: Vec<LayerInfo> = snapshot.iter().map(|(m, c)| layer_info(m, *c)).collect();
         out.sort_by(|a, b| a.chain_id.cmp(&b.chain_id));
         out
+    }
+
+    /// Take a lease on a layer: a reference held in memory only — no I/O,
+    /// never persisted, dropped by a crash. For a client that re-derives
+    /// its holds at start-up (the image store leases each image's top layer
+    /// when it opens) or for work in flight that must leave nothing behind
+    /// if it dies (a load). Give it back with [`Self::unlease`].
+    pub fn lease(&self, chain_id: &ChainId) -> Result<LayerInfo> {
+        let _global = self.inner.coarse_read();
+        let mut g = self.inner.layers.lock();
+        g.lease(chain_id)?;
+        let (m, c) = g.get(chain_id).ok_or_else(|| self.inner.not_found(chain_id))?;
+        Ok(layer_info(m, c))
+    }
+
+    /// Give back a lease; frees the layer (and ancestors) if nothing else
+    /// holds it, as [`Self::release`] does. Returns the deleted layers.
+    pub async fn unlease(&self, chain_id: &ChainId) -> Result<Vec<ChainId>> {
+        let chain = chain_id.clone();
+        self.run(move |inner| async move { inner.unlease(&chain).await }).await
     }
 
     /// Drop one reference. A layer left with no references, children or RW

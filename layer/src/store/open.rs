@@ -172,7 +172,12 @@ fn ids_of(d: &Damage) -> impl Iterator<Item = &CacheId> {
     })
 }
 
-pub(super) async fn open(root_lock: RootLock, driver: Arc<dyn Driver>, faults: Option<FaultHook>) -> Result<Inner> {
+pub(super) async fn open(
+    root_lock: RootLock,
+    driver: Arc<dyn Driver>,
+    faults: Option<FaultHook>,
+    keep: &[ChainId],
+) -> Result<Inner> {
     let root = root_lock.root().to_path_buf();
     let db = LayerDb::new(root.join("image").join(driver.name()).join("layerdb")).with_faults(faults);
     let d = db.clone();
@@ -278,7 +283,8 @@ pub(super) async fn open(root_lock: RootLock, driver: Arc<dyn Driver>, faults: O
     }
     if damaged.complete {
         // Layers nothing holds (a crash between a release and its deletion).
-        for m in graph.collect_garbage() {
+        let keep: HashSet<ChainId> = keep.iter().cloned().collect();
+        for m in graph.collect_garbage(&keep) {
             info!(chain_id = %m.chain_id, "deleting unreferenced layer left by a crash");
             let (d, c) = (db.clone(), m.chain_id.clone());
             blocking(move || d.trash(&d.layer_dir(&c)).map(|_| ())).await?;

@@ -81,9 +81,10 @@ async fn push_then_pull_round_trips_and_a_repush_uploads_nothing() {
         assert_eq!(&tar_bytes(&dst.store, chain).await, tar, "layer {chain} differs");
     }
     let top = pulled.top_layer.clone().unwrap();
-    assert_eq!(dst.store.get(&top).unwrap().references, 1, "the pull holds one reference on its top layer");
+    assert_eq!(dst.store.get(&top).unwrap().leases, 1, "the pull holds one lease on its top layer");
     for c in &pulled.chain_ids[..2] {
-        assert_eq!(dst.store.get(c).unwrap().references, 0, "lower layers are held by their children only");
+        let info = dst.store.get(c).unwrap();
+        assert_eq!((info.references, info.leases), (0, 0), "lower layers are held by their children only");
     }
     assert!(statuses(&drain(&mut rx2)).iter().any(|s| s == "Pull complete"));
 
@@ -95,7 +96,7 @@ async fn push_then_pull_round_trips_and_a_repush_uploads_nothing() {
     // And pull by digest.
     let by_digest = reference::parse(&format!("{}/test/copy@{}", reg.host(), pushed.digest)).unwrap();
     puller.pull(&by_digest, None, &Reporter::none()).await.unwrap();
-    assert_eq!(dst.store.get(&top).unwrap().references, 3);
+    assert_eq!(dst.store.get(&top).unwrap().leases, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -122,7 +123,7 @@ async fn twenty_concurrent_pulls_download_and_unpack_each_layer_once() {
     let extracted = events.iter().filter(|p| p.status == "Extracting").count();
     assert_eq!(extracted, 4, "each layer unpacked once across 20 pulls: {:?}", statuses(&events));
     assert_eq!(dst.store.list().len(), 4);
-    assert_eq!(dst.store.get(top.as_ref().unwrap()).unwrap().references, 20);
+    assert_eq!(dst.store.get(top.as_ref().unwrap()).unwrap().leases, 20);
     assert_eq!(puller.downloads_in_flight(), 0);
 }
 

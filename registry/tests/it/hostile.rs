@@ -245,5 +245,5 @@ async fn concurrent_pulls_fetch_the_manifest_the_config_and_each_blob_once() {
     }
     assert_eq!(reg.downloads_in_flight(), 0);
     let top = chain_of(&img.tars()).pop().unwrap();
-    assert_eq!(store.store.get(&top).unwrap().references, 10);
+    assert_eq!(store.store.get(&top).unwrap().leases, 10);
 }
