@@ -391,3 +391,32 @@ async fn a_save_that_fails_part_way_ends_with_an_error() {
     // Unknown names fail before anything is streamed.
     assert!(e.images.save_reader(&["nope".to_string()], Format::Oci).await.is_err());
 }
+
+/// An OCI layout with a gzip layer blob: the blob digest is over the
+/// compressed bytes, the DiffID over the tar; the store decompresses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_gzip_layers_load() {
+    use std::io::Write;
+    let (t, d) = layer_tar();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&t).unwrap();
+    let blob = gz.finish().unwrap();
+    let cfg = config_of(std::slice::from_ref(&d), "gz");
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[{}]}}"#,
+        desc("application/vnd.oci.image.config.v1+json", &cfg),
+        desc("application/vnd.oci.image.layer.v1.tar+gzip", &blob)
+    );
+    let index = format!(
+        r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":{},"annotations":{{"io.containerd.image.name":"docker.io/library/gz:1","org.opencontainers.image.ref.name":"1"}}}}]}}"#,
+        Digest::of(manifest.as_bytes()),
+        manifest.len()
+    );
+    let e = env().await;
+    let r = e.images.load(Cursor::new(oci_layout(&index, &[manifest.as_bytes(), &cfg, &blob], &[]))).await.unwrap();
+    assert_eq!(r.images[0].names, vec!["docker.io/library/gz:1".to_string()]);
+    let info = e.images.get("gz:1").unwrap();
+    assert_eq!(info.diff_ids, vec![d]);
+    assert!(info.manifest.is_some(), "the manifest it came with is kept");
+    assert_eq!(e.images.manifest(&info.id).await.unwrap().unwrap().bytes, manifest.as_bytes());
+}
