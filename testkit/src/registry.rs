@@ -36,6 +36,12 @@ fn free_port() -> u16 {
 impl DistributionRegistry {
     /// Start one; `login` adds htpasswd basic auth for that user.
     pub fn start(login: Option<(&str, &str)>) -> DistributionRegistry {
+        DistributionRegistry::start_with(login, |_| String::new())
+    }
+
+    /// Start one whose config ends with `extra(dir)` (YAML; `dir` is the
+    /// registry's temp dir, for files the config names).
+    pub fn start_with(login: Option<(&str, &str)>, extra: impl FnOnce(&Path) -> String) -> DistributionRegistry {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
@@ -46,7 +52,7 @@ impl DistributionRegistry {
                 std::fs::write(&htpasswd, format!("{user}:{hash}\n")).expect("write htpasswd");
                 format!("auth:\n  htpasswd:\n    realm: test\n    path: {}\n", htpasswd.display())
             }
-            None => String::new(),
+            None => extra(dir.path()),
         };
         let config = format!(
             "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n  secret: layerd-test\n{auth}",

@@ -8,3 +8,4 @@ mod distribution;
 mod docker;
 mod hostile;
 mod support;
+mod token;
