@@ -13,7 +13,6 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -28,6 +27,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::{ApiError, ApiResult, status_of};
+use super::extract::ApiJson;
 use super::routes::AppState;
 use crate::api::{ErrorBody, PullRequest, PullResult, PushRequest, PushResult};
 
@@ -50,7 +50,7 @@ fn parse_ref(s: &str) -> ApiResult<reference::Reference> {
     Ok(reference::parse(s)?)
 }
 
-pub async fn pull(State(state): State<AppState>, Json(req): Json<PullRequest>) -> ApiResult<Response> {
+pub async fn pull(State(state): State<AppState>, ApiJson(req): ApiJson<PullRequest>) -> ApiResult<Response> {
     let r = parse_ref(&req.reference)?;
     let platform = req.platform.as_deref().filter(|p| !p.is_empty()).map(Platform::parse).transpose()?;
     let reg = registry_of(&state)?;
@@ -93,7 +93,7 @@ async fn pull_and_record(
     Ok(PullResult { image, digest: digest_str.clone() })
 }
 
-pub async fn push(State(state): State<AppState>, Json(req): Json<PushRequest>) -> ApiResult<Response> {
+pub async fn push(State(state): State<AppState>, ApiJson(req): ApiJson<PushRequest>) -> ApiResult<Response> {
     let r = parse_ref(&req.reference)?;
     let image = state.images.get(&req.reference)?;
     let config = state.images.config(&image.id).await?;
