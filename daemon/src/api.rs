@@ -47,6 +47,23 @@ pub struct RegisterQuery {
     pub diff_id: Option<String>,
 }
 
+/// Body of `POST /v1/images/tag`: give the image `source` (a name, id or id
+/// prefix) the name `target`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagRequest {
+    pub source: String,
+    pub target: String,
+}
+
+/// Query of `GET /v1/images/save`: `names` comma-separated; `format`
+/// `docker` (default) or `oci`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaveQuery {
+    pub names: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+}
+
 /// Answer of `DELETE /v1/layers/{chain}`: the layers the release freed (empty
 /// when the layer is still held by a child, an RW layer or another reference).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,4 +105,37 @@ pub struct BulkDeleteResult {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// Body of `POST /v1/images/pull`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullRequest {
+    /// An image reference as Docker writes it (`busybox`, `host:5000/a/b:tag`,
+    /// `name@sha256:…`).
+    pub reference: String,
+    /// `os/arch[/variant]`; the host's by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+}
+
+/// The `result` of a pull's last progress line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PullResult {
+    pub image: images::ImageInfo,
+    /// The digest the registry knows the image by (the index's, when the
+    /// manifest was picked from one).
+    pub digest: String,
+}
+
+/// Body of `POST /v1/images/push`: the local image of that name goes to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushRequest {
+    pub reference: String,
+}
+
+/// The `result` of a push's last progress line: the pushed manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushResult {
+    pub digest: String,
+    pub size: u64,
 }

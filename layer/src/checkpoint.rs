@@ -100,6 +100,11 @@ fn resume(s: &State) -> Option<Sha256> {
 }
 
 impl Checkpoints {
+    /// Bytes of the stream the checkpoints cover.
+    pub fn length(&self) -> u64 {
+        self.length
+    }
+
     pub fn segment(&self) -> usize {
         self.segment
     }

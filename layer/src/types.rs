@@ -45,6 +45,11 @@ pub struct LayerInfo {
     pub cache_id: String,
     /// References held by clients (each `register` or `retain` adds one).
     pub references: u64,
+    /// Leases: references held in memory only, by clients that re-derive
+    /// them at start-up (the image store: one per image on this top layer)
+    /// or by work in flight (a load). A crash drops them.
+    #[serde(default)]
+    pub leases: u64,
     /// Layers that have this one as parent.
     pub children: u64,
     /// RW layers created on top of this one.
@@ -77,6 +82,10 @@ pub struct RegisterOpts {
     /// Digest of the (possibly compressed) blob as the caller received it,
     /// used only to merge concurrent identical registrations.
     pub blob_digest: Option<Digest>,
+    /// Give the caller a lease ([`Store::lease`](crate::Store::lease)) instead
+    /// of a persisted reference: a crash drops it, and start-up collects the
+    /// layer if nothing else holds it.
+    pub lease: bool,
 }
 
 /// Counts and facts for `info`.

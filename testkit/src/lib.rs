@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod http;
 pub mod manifest;
 pub mod mounts;
+pub mod registry;
 pub mod tars;
 pub mod tree;
 

@@ -17,6 +17,8 @@ macro_rules! outln {
 pub mod check;
 pub mod client;
 pub mod conformance;
+pub mod distribution;
+pub mod image;
 pub mod layer;
 pub mod output;
 pub mod progress;
@@ -53,6 +55,9 @@ pub enum Command {
     /// Writable (container) layers.
     #[command(subcommand)]
     Rw(RwCmd),
+    /// Images: pull, push, load, save, list, inspect, tag, remove.
+    #[command(subcommand)]
+    Image(ImageCmd),
     /// Show the store's root, driver and counts.
     Info {
         #[arg(long, value_enum, default_value_t)]
@@ -169,6 +174,85 @@ pub enum RwCmd {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Load a docker-archive or an OCI image layout (a tar, or a directory).
+    Load {
+        /// The archive (tar file or directory); stdin when absent or -.
+        #[arg(short, long, value_name = "FILE")]
+        input: Option<PathBuf>,
+    },
+    /// Write images as an archive.
+    Save {
+        #[arg(value_name = "REF", required = true)]
+        names: Vec<String>,
+        /// Write to FILE instead of stdout (removed again if the save fails).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t)]
+        format: ArchiveFormat,
+    },
+    /// List images (a line per name).
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Show an image as JSON.
+    Inspect {
+        #[arg(value_name = "REF")]
+        reference: String,
+    },
+    /// Give the image SRC the name DST.
+    Tag {
+        #[arg(value_name = "SRC")]
+        source: String,
+        #[arg(value_name = "DST")]
+        target: String,
+    },
+    /// Remove names (and images by id); an image whose last name goes is deleted.
+    Rm {
+        #[arg(value_name = "REF", required = true)]
+        references: Vec<String>,
+    },
+    /// Pull an image from a registry (progress per layer, as docker pull).
+    Pull {
+        /// An image reference: busybox, host:5000/team/app:v1, name@sha256:…
+        #[arg(value_name = "REF")]
+        reference: String,
+        /// os/arch[/variant] to pick from a multi-platform image (default: the host's).
+        #[arg(long, value_name = "OS/ARCH")]
+        platform: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Push the local image REF to the registry it names.
+    Push {
+        #[arg(value_name = "REF")]
+        reference: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+/// `image save --format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum ArchiveFormat {
+    /// docker-archive, what `docker load` reads.
+    #[default]
+    Docker,
+    /// OCI image layout.
+    Oci,
+}
+
+impl ArchiveFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArchiveFormat::Docker => "docker",
+            ArchiveFormat::Oci => "oci",
+        }
+    }
+}
+
 /// `--format`: a human table, or the API's JSON.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -214,6 +298,7 @@ pub async fn run(cli: Cli) -> CliResult<ExitCode> {
     match cli.command {
         Command::Layer(cmd) => layer::run(&client, cmd).await,
         Command::Rw(cmd) => rw::run(&client, cmd).await,
+        Command::Image(cmd) => image::run(&client, cmd).await,
         Command::Info { format } => info(&client, format).await.map(|()| ExitCode::SUCCESS),
         Command::Check { repair, verify, format } => {
             check::run(&client, ::layer::CheckOpts { repair, verify_content: verify }, format).await
@@ -306,6 +391,15 @@ mod tests {
         assert!(matches!(cli.command, Command::Rw(RwCmd::Rm { names }) if names.len() == 2));
         assert!(parse(&["info", "--host", "unix:///x"]).is_ok());
         assert!(matches!(
+            parse(&["image", "save", "a", "b:1", "-o", "x.tar", "--format", "oci"]).unwrap().command,
+            Command::Image(ImageCmd::Save { ref names, format: ArchiveFormat::Oci, .. }) if names.len() == 2
+        ));
+        assert!(matches!(parse(&["image", "load"]).unwrap().command, Command::Image(ImageCmd::Load { input: None })));
+        assert!(matches!(
+            parse(&["image", "ls", "--format", "json"]).unwrap().command,
+            Command::Image(ImageCmd::Ls { format: Format::Json })
+        ));
+        assert!(matches!(
             parse(&["check", "--repair", "--verify", "--format", "json"]).unwrap().command,
             Command::Check { repair: true, verify: true, format: Format::Json }
         ));
@@ -317,9 +411,16 @@ mod tests {
 
     #[test]
     fn usage_errors_exit_2() {
-        for args in
-            [&["layer", "rm"][..], &["rw", "rm"], &["layer", "ls", "--format", "xml"], &["bogus"], &["layer", "import"]]
-        {
+        for args in [
+            &["layer", "rm"][..],
+            &["rw", "rm"],
+            &["image", "rm"],
+            &["image", "save"],
+            &["image", "tag", "a"],
+            &["layer", "ls", "--format", "xml"],
+            &["bogus"],
+            &["layer", "import"],
+        ] {
             let e = parse(args).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{args:?}");
         }

@@ -56,6 +56,12 @@ impl ApiError {
         ApiError { status, kind: kind_of_status(status), message: message.into(), expose: false }
     }
 
+    /// An error whose message the client sees whatever its status (it
+    /// names nothing of the host: a registry's answer, say).
+    pub fn exposed(status: StatusCode, kind: ErrorKind, message: impl Into<String>) -> Self {
+        ApiError { status, kind, message: message.into(), expose: true }
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
@@ -81,6 +87,14 @@ impl ApiError {
 impl From<LayerStoreError> for ApiError {
     fn from(e: LayerStoreError) -> Self {
         let expose = matches!(e, LayerStoreError::Corrupt { .. } | LayerStoreError::RwCorrupt { .. });
+        ApiError { expose, kind: e.kind(), ..ApiError::new(status_of(e.kind()), e.to_string()) }
+    }
+}
+
+impl From<images::ImageStoreError> for ApiError {
+    fn from(e: images::ImageStoreError) -> Self {
+        let expose = matches!(e, images::ImageStoreError::Corrupt { .. })
+            || matches!(&e, images::ImageStoreError::Layer(l) if matches!(l, LayerStoreError::Corrupt { .. }));
         ApiError { expose, kind: e.kind(), ..ApiError::new(status_of(e.kind()), e.to_string()) }
     }
 }

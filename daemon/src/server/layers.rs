@@ -46,7 +46,7 @@ fn register_opts(store: &Store, query: &RegisterQuery) -> ApiResult<RegisterOpts
         .map(|s| DiffId::parse(&s))
         .transpose()
         .map_err(|e| ApiError::bad_request(format!("diff_id: {e}")))?;
-    Ok(RegisterOpts { parent, diff_id, blob_digest: None })
+    Ok(RegisterOpts { parent, diff_id, blob_digest: None, lease: false })
 }
 
 pub async fn inspect(State(state): State<AppState>, ChainPath(layer): ChainPath) -> ApiResult<Json<LayerInfo>> {

@@ -7,10 +7,12 @@
 //! store down, remove the socket.
 
 pub mod config;
+pub mod distribution;
 pub mod driver;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
+pub mod images;
 pub mod layers;
 pub mod metrics;
 pub mod openapi;
@@ -72,6 +74,15 @@ pub struct Config {
     /// layer's key forever).
     #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout: u64,
+    /// A registry (HOST[:PORT]; a bare host means every port) reached over
+    /// plain HTTP when HTTPS fails, as dockerd's flag. Repeatable. Loopback
+    /// registries (localhost, 127.0.0.0/8, ::1) always are.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
+    /// Docker config.json with registry credentials. Default:
+    /// $DOCKER_CONFIG/config.json, else ~/.docker/config.json.
+    #[arg(long, value_name = "FILE")]
+    pub registry_config: Option<PathBuf>,
 }
 
 /// Blocking threads of the daemon's runtime. A stalled upload holds two
@@ -154,9 +165,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // leftovers in its home, which must never happen under a live daemon.
     let lock = layer::RootLock::acquire(&config.root)?;
     let driver = driver::open(&config.driver, &config.root).await?;
-    let store = Store::open_locked(lock, driver, layer::StoreOptions::default())
+    // The images' top layers, which the image store leases when it opens:
+    // the layer store's start-up must not collect them first.
+    let keep = ::images::ImageStore::layers_to_keep(&config.root, driver.name())
+        .with_context(|| format!("read the image store in {}", config.root.display()))?;
+    let store = Store::open_locked(lock, driver, layer::StoreOptions::keeping(keep))
         .await
         .with_context(|| format!("open the layer store in {}", config.root.display()))?;
+    let images = match ::images::ImageStore::open(store.clone()).await {
+        Ok(i) => i,
+        Err(e) => {
+            shutdown_store(&store).await;
+            return Err(anyhow::anyhow!("open the image store in {}: {e}", config.root.display()));
+        }
+    };
+    let registry =
+        match distribution::registry_for(&store, &config.insecure_registries, config.registry_config.as_deref()) {
+            Ok(r) => r,
+            Err(e) => {
+                shutdown_store(&store).await;
+                return Err(e.context("set up the registry client"));
+            }
+        };
     let listeners = bind_all(&config).await;
     let (bound, tcp_listener) = match listeners {
         Ok(l) => l,
@@ -173,7 +203,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "layerd listening"
     );
     let (listener, socket_file) = bound.into_parts();
-    let state = AppState::new(store.clone()).with_idle_timeout(std::time::Duration::from_secs(config.idle_timeout));
+    let state = AppState::new(store.clone(), images)
+        .with_idle_timeout(std::time::Duration::from_secs(config.idle_timeout))
+        .with_registry(registry);
     let app = router(state.clone());
     let stop = CancellationToken::new();
     let unix = async {

@@ -26,12 +26,16 @@ mod tests {
     use serde::de::DeserializeOwned;
     use serde_json::{Map, Value, json};
 
+    use registry::Progress;
+
     use super::DOCUMENT;
     use crate::api::{
         BulkDeleteRequest, BulkDeleteResponse, BulkDeleteResult, CreateRwRequest, DeletedResponse, ErrorBody,
-        MountResponse,
+        MountResponse, PullRequest, PushRequest, PushResult, TagRequest,
     };
     use crate::server::routes::routes;
+    use images::archive::{LoadReport, LoadedImage};
+    use images::{ImageId, ImageInfo, ManifestInfo, RemoveReport};
 
     const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
 
@@ -207,6 +211,7 @@ mod tests {
             depth: 2,
             cache_id: hex.clone(),
             references: 1,
+            leases: 0,
             children: 0,
             rw_layers: 0,
         };
@@ -232,6 +237,27 @@ mod tests {
         let result = |error: Option<String>| BulkDeleteResult { name: "web".into(), ok: error.is_none(), error };
         let create = |parent: Option<String>| CreateRwRequest { name: "web".into(), parent, init: true };
         let same = |schema, v: Value, role| Sample { schema, full: v.clone(), minimal: v, role };
+        let id = ImageId::of_config(b"{}");
+        let manifest = || ManifestInfo { media_type: "m".into(), digest: chain.digest().clone(), size: 1 };
+        let image = |full: bool| ImageInfo {
+            id: id.clone(),
+            names: vec!["docker.io/library/a:latest".into()],
+            chain_id: full.then(|| chain.clone()),
+            diff_ids: vec![diff.clone()],
+            size: 1,
+            created: full.then(|| "2024-01-01T00:00:00Z".into()),
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: full.then(|| "v8".into()),
+            manifest: full.then(manifest),
+            registry_digest: full.then(|| chain.digest().clone()),
+        };
+        let load = LoadReport {
+            images: vec![LoadedImage { id: id.clone(), names: vec!["a".into()] }],
+            layers_registered: 1,
+            layers_existing: 0,
+            bytes_spooled: 0,
+        };
         vec![
             same("Error", to_json(&ErrorBody { message: "no".into(), kind: Some("not_found".into()) }), Role::Response),
             Sample {
@@ -270,6 +296,59 @@ mod tests {
                 role: Role::Response,
             },
             same("Change", to_json(&Change { path: "/a".into(), kind: ChangeKind::Add }), Role::Response),
+            Sample {
+                schema: "PullRequest",
+                full: to_json(&PullRequest { reference: "busybox".into(), platform: Some("linux/amd64".into()) }),
+                minimal: to_json(&PullRequest { reference: "busybox".into(), platform: None }),
+                role: Role::Request(parses::<PullRequest>),
+            },
+            same(
+                "PushRequest",
+                to_json(&PushRequest { reference: "h:5000/a:v1".into() }),
+                Role::Request(parses::<PushRequest>),
+            ),
+            Sample {
+                schema: "Progress",
+                full: to_json(&Progress {
+                    id: "0123456789ab".into(),
+                    status: "Downloading".into(),
+                    current: Some(1),
+                    total: Some(2),
+                }),
+                minimal: to_json(&Progress {
+                    id: "0123456789ab".into(),
+                    status: "Waiting".into(),
+                    current: None,
+                    total: None,
+                }),
+                role: Role::Response,
+            },
+            // `image` is an ImageInfo; its own schema is sampled with the image routes.
+            same("PullResult", json!({"image": {}, "digest": chain.to_string()}), Role::Response),
+            same("PushResult", to_json(&PushResult { digest: chain.to_string(), size: 527 }), Role::Response),
+            Sample {
+                schema: "ImageInfo",
+                full: to_json(&image(true)),
+                minimal: to_json(&image(false)),
+                role: Role::Response,
+            },
+            same("ManifestInfo", to_json(&manifest()), Role::Response),
+            same(
+                "RemoveReport",
+                to_json(&RemoveReport {
+                    untagged: vec!["a".into()],
+                    deleted: vec![id.clone()],
+                    layers_deleted: vec![chain.clone()],
+                }),
+                Role::Response,
+            ),
+            same("LoadReport", to_json(&load), Role::Response),
+            same("LoadedImage", to_json(&load.images[0]), Role::Response),
+            same(
+                "TagRequest",
+                to_json(&TagRequest { source: "a".into(), target: "b".into() }),
+                Role::Request(parses::<TagRequest>),
+            ),
         ]
     }
 

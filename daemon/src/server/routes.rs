@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use super::error::{ApiError, ApiResult};
 use super::idempotency::{self, Idempotency};
 use super::metrics::{self, Metrics};
-use super::{layers, openapi, rw, stream, system, trace};
+use super::{distribution, images, layers, openapi, rw, stream, system, trace};
 
 /// Largest JSON request body accepted. The tar upload has no limit: it is
 /// streamed into the store and never buffered.
@@ -28,6 +28,11 @@ pub const JSON_BODY_LIMIT: usize = 1 << 20;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    /// The image store over `store`.
+    pub images: ::images::ImageStore,
+    /// The registry client (pull, push), shared by every request; set by
+    /// [`AppState::with_registry`] (without it, pull and push answer 501).
+    pub registry: Option<Arc<registry::Registry>>,
     /// Mutating store calls run as tracked tasks, so a client hanging up
     /// cannot cancel one half-way, and shutdown waits for them.
     pub tasks: TaskTracker,
@@ -41,8 +46,10 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, images: ::images::ImageStore) -> Self {
         AppState {
+            images,
+            registry: None,
             metrics: Arc::new(Metrics::new(store.clone())),
             store,
             tasks: TaskTracker::new(),
@@ -50,6 +57,13 @@ impl AppState {
             idle_timeout: stream::DEFAULT_IDLE_TIMEOUT,
             uploads: Arc::new(tokio::sync::Semaphore::new(stream::MAX_UPLOADS)),
         }
+    }
+
+    /// The registry client (the daemon's flags: insecure registries,
+    /// credentials; its state dir beside the layerdb).
+    pub fn with_registry(mut self, registry: Arc<registry::Registry>) -> Self {
+        self.registry = Some(registry);
+        self
     }
 
     pub fn with_idle_timeout(mut self, idle: std::time::Duration) -> Self {
@@ -137,6 +151,14 @@ pub fn routes() -> Vec<Route> {
         Route::new(Get, "/v1/rw/{name}/changes", rw::changes),
         Route::new(Get, "/v1/rw/{name}/tar", rw::tar),
         Route::new(Post, "/v1/rw/{name}/commit", rw::commit),
+        Route::new(Get, "/v1/images", images::list),
+        Route::new(Post, "/v1/images/load", images::load),
+        Route::new(Get, "/v1/images/save", images::save),
+        Route::new(Post, "/v1/images/tag", images::tag),
+        Route::new(Get, "/v1/images/{reference}", images::inspect),
+        Route::new(Delete, "/v1/images/{reference}", images::remove),
+        Route::new(Post, "/v1/images/pull", distribution::pull),
+        Route::new(Post, "/v1/images/push", distribution::push),
     ]
 }
 

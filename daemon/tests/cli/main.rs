@@ -12,6 +12,8 @@ mod support;
 
 mod check;
 mod errors;
+mod images;
 mod layers;
+mod pull_push;
 mod rw;
 mod server;

@@ -44,11 +44,13 @@ pub(crate) struct Counts {
     pub refs_gen: u64,
     /// The `refs_gen` whose value is known to be on disk.
     pub persisted_gen: u64,
+    /// References held in memory only (see `Store::lease`).
+    pub leases: u64,
 }
 
 impl Counts {
     fn is_zero(&self) -> bool {
-        self.refs == 0 && self.children == 0 && self.rw == 0
+        self.refs == 0 && self.children == 0 && self.rw == 0 && self.leases == 0
     }
 }
 
@@ -253,9 +255,14 @@ impl Graph {
         freed
     }
 
-    /// Publish a registered layer: add a reference if it exists already.
-    pub fn publish(&mut self, chain: &ChainId) -> Published {
+    /// Publish a registered layer: add a reference (or a lease) if it
+    /// exists already.
+    pub fn publish(&mut self, chain: &ChainId, lease: bool) -> Published {
         match self.states.get_mut(chain) {
+            Some(LayerState::Live { meta, counts }) if lease => {
+                counts.leases += 1;
+                Published::Existing(meta.clone(), 0)
+            }
             Some(LayerState::Live { meta, counts }) => {
                 counts.refs += 1;
                 counts.refs_gen += 1;
@@ -268,9 +275,13 @@ impl Graph {
 
     /// Insert a new layer with one reference (after `publish` said `Absent`
     /// and its metadata was committed); the parent pin moves to it.
-    pub fn insert(&mut self, meta: Arc<LayerMeta>) {
-        // refs=1 was committed with the metadata.
-        let counts = Counts { refs: 1, refs_gen: 1, persisted_gen: 1, ..Counts::default() };
+    pub fn insert(&mut self, meta: Arc<LayerMeta>, lease: bool) {
+        // refs=1 (refs=0 for a lease) was committed with the metadata.
+        let counts = if lease {
+            Counts { leases: 1, ..Counts::default() }
+        } else {
+            Counts { refs: 1, refs_gen: 1, persisted_gen: 1, ..Counts::default() }
+        };
         self.states.insert(meta.chain_id.clone(), LayerState::Live { meta, counts });
     }
 
@@ -281,6 +292,23 @@ impl Graph {
         counts.refs += 1;
         counts.refs_gen += 1;
         Ok((meta.clone(), counts.refs_gen))
+    }
+
+    /// Add a lease to a live layer (memory only).
+    pub fn lease(&mut self, chain: &ChainId) -> Result<()> {
+        let (_, counts) = self.live_mut(chain).ok_or_else(|| LayerStoreError::LayerNotFound(chain.to_string()))?;
+        counts.leases += 1;
+        Ok(())
+    }
+
+    /// Drop a lease; frees the layer if nothing else holds it.
+    pub fn unlease(&mut self, chain: &ChainId) -> Result<Vec<Arc<LayerMeta>>> {
+        let (_, counts) = self.live_mut(chain).ok_or_else(|| LayerStoreError::LayerNotFound(chain.to_string()))?;
+        if counts.leases == 0 {
+            return Err(LayerStoreError::NotRetained { chain_id: chain.to_string(), why: "it holds no lease".into() });
+        }
+        counts.leases -= 1;
+        Ok(self.cascade(chain.clone()))
     }
 
     /// What to write to make `refs` durable: `None` if generation `want`
@@ -339,11 +367,11 @@ impl Graph {
     }
 
     /// Layers freed at start-up (loaded with every count zero).
-    pub fn collect_garbage(&mut self) -> Vec<Arc<LayerMeta>> {
+    pub fn collect_garbage(&mut self, keep: &std::collections::HashSet<ChainId>) -> Vec<Arc<LayerMeta>> {
         let zero: Vec<ChainId> = self
             .states
             .iter()
-            .filter(|&(_k, s)| matches!(s, LayerState::Live { counts, .. } if counts.is_zero()))
+            .filter(|&(k, s)| !keep.contains(k) && matches!(s, LayerState::Live { counts, .. } if counts.is_zero()))
             .map(|(k, _s)| k.clone())
             .collect();
         zero.into_iter().flat_map(|c| self.cascade(c)).collect()
@@ -380,9 +408,9 @@ pub(crate) mod tests {
             g.pin_child(&p.chain_id).unwrap();
         }
         let m = meta(parent, tag);
-        match g.publish(&m.chain_id) {
+        match g.publish(&m.chain_id, false) {
             Published::Absent => {
-                g.insert(m.clone());
+                g.insert(m.clone(), false);
                 m
             }
             Published::Existing(e, _) => {
@@ -483,9 +511,9 @@ pub(crate) mod tests {
         let freed = g.release_persisted(&base.chain_id, gen0);
         assert_eq!(freed.len(), 1);
         let again = meta(None, b"base");
-        assert!(matches!(g.publish(&again.chain_id), Published::Removing(_)));
+        assert!(matches!(g.publish(&again.chain_id, false), Published::Removing(_)));
         g.forget(&freed[0]);
-        assert!(matches!(g.publish(&again.chain_id), Published::Absent));
+        assert!(matches!(g.publish(&again.chain_id, false), Published::Absent));
     }
 
     #[test]
@@ -496,9 +524,32 @@ pub(crate) mod tests {
         g.load(a.clone(), 0);
         g.load(b.clone(), 0);
         g.pin_child(&a.chain_id).unwrap();
-        let freed = g.collect_garbage();
+        let freed = g.collect_garbage(&Default::default());
         assert_eq!(freed.len(), 2);
         assert_eq!(g.len(), 0);
+    }
+
+    #[test]
+    fn kept_layers_survive_start_up_and_leases_free_like_references() {
+        let mut g = Graph::default();
+        let a = meta(None, b"a");
+        let b = meta(Some(&a), b"b");
+        g.load(a.clone(), 0);
+        g.load(b.clone(), 0);
+        g.pin_child(&a.chain_id).unwrap();
+        let keep = [b.chain_id.clone()].into_iter().collect();
+        assert!(g.collect_garbage(&keep).is_empty(), "b kept, a held by b");
+        g.lease(&b.chain_id).unwrap();
+        g.lease(&b.chain_id).unwrap();
+        assert!(g.unlease(&b.chain_id).unwrap().is_empty());
+        assert_eq!(g.unlease(&b.chain_id).unwrap().len(), 2, "the last lease frees the chain");
+        assert!(g.unlease(&a.chain_id).is_err(), "no lease to give back");
+        // A lease is no reference: a release can't take it.
+        let c = meta(None, b"c");
+        assert!(matches!(g.publish(&c.chain_id, true), Published::Absent));
+        g.insert(c.clone(), true);
+        assert!(g.refs_after_release(&c.chain_id).is_err());
+        assert_eq!(g.get(&c.chain_id).unwrap().1.leases, 1);
     }
 
     proptest! {

@@ -99,12 +99,25 @@ pub(crate) struct Inner {
 /// How a store is opened.
 #[derive(Debug, Clone, Default)]
 pub struct StoreOptions {
+    /// Layers start-up must not collect even if nothing on disk holds them:
+    /// the top layers of the image store's images, which it leases when it
+    /// opens (see `images::ImageStore::layers_to_keep`).
+    pub keep: Vec<ChainId>,
     /// Emulate a coarse-locked store (one global lock held across driver I/O,
     /// deletion inline) — the baseline the benchmarks compare against. Never
     /// use it for real work. Only with the `coarse-baseline` feature, which
     /// only the benchmark enables.
     #[cfg(feature = "coarse-baseline")]
     pub coarse_baseline: bool,
+}
+
+impl StoreOptions {
+    /// Options keeping `keep` at start-up (see [`StoreOptions::keep`]).
+    // The baseline's extra field exists with the `coarse-baseline` feature only.
+    #[allow(clippy::needless_update)]
+    pub fn keeping(keep: Vec<ChainId>) -> StoreOptions {
+        StoreOptions { keep, ..StoreOptions::default() }
+    }
 }
 
 /// A handle to an open layer store. Cheap to clone; all clones share state.
@@ -181,6 +194,7 @@ fn layer_info(meta: &LayerMeta, c: Counts) -> LayerInfo {
         depth: meta.depth,
         cache_id: meta.cache_id.to_string(),
         references: c.refs,
+        leases: c.leases,
         children: c.children,
         rw_layers: c.rw,
     }
@@ -257,13 +271,11 @@ impl Store {
         opts: StoreOptions,
     ) -> Result<Store> {
         #[cfg_attr(not(feature = "coarse-baseline"), allow(unused_mut))]
-        let (mut inner, from_index) = open::open(lock, driver, None).await?;
+        let (mut inner, from_index) = open::open(lock, driver, None, &opts.keep).await?;
         #[cfg(feature = "coarse-baseline")]
         if opts.coarse_baseline {
             inner.coarse = Some(Arc::new(tokio::sync::Mutex::new(())));
         }
-        #[cfg(not(feature = "coarse-baseline"))]
-        let StoreOptions {} = opts;
         Ok(Store::started(inner, from_index))
     }
 
@@ -294,7 +306,7 @@ impl Store {
     ) -> Result<Store> {
         let root = root.into();
         let lock = blocking(move || crate::rootlock::RootLock::acquire(root)).await?;
-        let (inner, from_index) = open::open(lock, driver, Some(faults)).await?;
+        let (inner, from_index) = open::open(lock, driver, Some(faults), &[]).await?;
         Ok(Store::started(inner, from_index))
     }
 
@@ -367,6 +379,26 @@ impl Store {
         out
     }
 
+    /// Take a lease on a layer: a reference held in memory only — no I/O,
+    /// never persisted, dropped by a crash. For a client that re-derives
+    /// its holds at start-up (the image store leases each image's top layer
+    /// when it opens) or for work in flight that must leave nothing behind
+    /// if it dies (a load). Give it back with [`Self::unlease`].
+    pub fn lease(&self, chain_id: &ChainId) -> Result<LayerInfo> {
+        let _global = self.inner.coarse_read();
+        let mut g = self.inner.layers.lock();
+        g.lease(chain_id)?;
+        let (m, c) = g.get(chain_id).ok_or_else(|| self.inner.not_found(chain_id))?;
+        Ok(layer_info(m, c))
+    }
+
+    /// Give back a lease; frees the layer (and ancestors) if nothing else
+    /// holds it, as [`Self::release`] does. Returns the deleted layers.
+    pub async fn unlease(&self, chain_id: &ChainId) -> Result<Vec<ChainId>> {
+        let chain = chain_id.clone();
+        self.run(move |inner| async move { inner.unlease(&chain).await }).await
+    }
+
     /// Drop one reference. A layer left with no references, children or RW
     /// layers is deleted, and its parent loses the child's reference, so one
     /// release can free a whole chain. Returns the deleted layers.
@@ -379,6 +411,17 @@ impl Store {
     pub async fn tar_stream(&self, chain_id: &ChainId) -> Result<TarReader> {
         let chain = chain_id.clone();
         self.run(move |inner| async move { inner.tar_stream(&chain).await }).await
+    }
+
+    /// The length of the layer's tar ([`Self::tar_stream`]'s bytes) when the
+    /// store recorded it at registration (its SHA-256 checkpoints); `None`
+    /// for a layer Docker wrote. Reads one small file; takes no reference.
+    pub async fn tar_length(&self, chain_id: &ChainId) -> Result<Option<u64>> {
+        if self.inner.layers.lock().get(chain_id).is_none() {
+            return Err(self.inner.not_found(chain_id));
+        }
+        let (db, chain) = (self.inner.db.clone(), chain_id.clone());
+        blocking(move || Ok(db.read_checkpoints(&chain).map(|c| c.length()))).await
     }
 
     pub async fn create_rw(&self, name: &RwName, parent: Option<&ChainId>, opts: RwOpts) -> Result<RwInfo> {

@@ -193,11 +193,13 @@ fn ids_of(d: &Damage) -> impl Iterator<Item = &CacheId> {
 
 /// Open the store. The flag says it started from the index, whose check
 /// against the disk (and the orphaned driver dirs' removal) is left to
-/// `Inner::verify_index`, behind the first answers.
+/// `Inner::verify_index`, behind the first answers. Layers in `keep` are
+/// not collected even if nothing on disk holds them.
 pub(super) async fn open(
     root_lock: RootLock,
     driver: Arc<dyn Driver>,
     faults: Option<FaultHook>,
+    keep: &[ChainId],
 ) -> Result<(Inner, bool)> {
     let root = root_lock.root().to_path_buf();
     let db = LayerDb::new(root.join("image").join(driver.name()).join("layerdb")).with_faults(faults);
@@ -305,7 +307,8 @@ pub(super) async fn open(
     }
     if damaged.complete {
         // Layers nothing holds (a crash between a release and its deletion).
-        for m in graph.collect_garbage() {
+        let keep: HashSet<ChainId> = keep.iter().cloned().collect();
+        for m in graph.collect_garbage(&keep) {
             info!(chain_id = %m.chain_id, "deleting unreferenced layer left by a crash");
             let (d, c) = (db.clone(), m.chain_id.clone());
             blocking(move || d.trash(&d.layer_dir(&c)).map(|_| ())).await?;

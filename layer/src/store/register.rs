@@ -25,6 +25,8 @@ use crate::types::{LayerInfo, RegisterOpts};
 struct Staged {
     meta: Arc<LayerMeta>,
     tx: PathBuf,
+    /// The caller takes a lease, not a reference.
+    lease: bool,
 }
 
 impl Inner {
@@ -73,7 +75,7 @@ impl Inner {
                 // Already here: a new reference, no unpack (like a pull that
                 // finds the layer present).
                 if self.layers.lock().get(chain).is_some()
-                    && let Ok(info) = self.retain(chain).await
+                    && let Ok(info) = self.take(chain, opts.lease).await
                 {
                     return Ok((info, false));
                 }
@@ -87,7 +89,7 @@ impl Inner {
                     }
                     return res;
                 }
-                Role::Joined(chain) => match self.retain(&chain).await {
+                Role::Joined(chain) => match self.take(&chain, opts.lease).await {
                     Ok(info) => {
                         debug!(chain_id = %chain, "registration merged with a concurrent identical one");
                         return Ok((info, false));
@@ -171,7 +173,7 @@ impl Inner {
                 size,
                 cache_id: cache_id.clone(),
                 parent: parent.map(|p| p.chain_id.clone()),
-                refs: Some(1),
+                refs: Some(if opts.lease { 0 } else { 1 }),
             };
             let (db, txp) = (self.db.clone(), tx.to_path_buf());
             blocking(move || db.write_layer_record(&txp, &rec)).await?;
@@ -179,7 +181,7 @@ impl Inner {
         }
         .await;
         match res {
-            Ok(meta) => Ok(Staged { meta, tx: tx.to_path_buf() }),
+            Ok(meta) => Ok(Staged { meta, tx: tx.to_path_buf(), lease: opts.lease }),
             Err(e) => {
                 // Nothing partial may remain: remove the driver dir now.
                 if let Err(re) = self.driver.remove(cache_id).await {
@@ -253,7 +255,7 @@ impl Inner {
         let chain = staged.meta.chain_id.clone();
         let key = self.chain_keys.lock(&chain).await;
         loop {
-            let found = self.layers.lock().publish(&chain);
+            let found = self.layers.lock().publish(&chain, staged.lease);
             match found {
                 Published::Removing(old) => match self.unpublish_locked(old).await {
                     Ok(done) => {
@@ -267,8 +269,9 @@ impl Inner {
                     }
                 },
                 Published::Existing(existing, generation) => {
-                    // We hold the key: persist now (covering any retains waiting for it).
-                    let res = self.persist_refs_locked(&chain, generation).await;
+                    // We hold the key: persist now (covering any retains
+                    // waiting for it); a lease persists nothing.
+                    let res = if staged.lease { Ok(()) } else { self.persist_refs_locked(&chain, generation).await };
                     drop(key);
                     self.discard(Some(staged.meta.cache_id.clone()), staged.tx).await;
                     if let Err((e, freed)) = res {
@@ -290,7 +293,7 @@ impl Inner {
                     let meta = staged.meta.clone();
                     let info = {
                         let mut g = self.layers.lock();
-                        g.insert(meta.clone());
+                        g.insert(meta.clone(), staged.lease);
                         g.busy.unmark([&meta.cache_id]);
                         layer_info(&meta, g.get(&chain).map(|(_, c)| c).unwrap_or_default())
                     };
@@ -327,6 +330,15 @@ impl Inner {
                 Err((e, self.unpublish_own(chain, freed).await))
             }
         }
+    }
+
+    /// A reference, or a lease, on a layer that exists.
+    async fn take(self: &Arc<Self>, chain: &ChainId, lease: bool) -> Result<LayerInfo> {
+        if !lease {
+            return self.retain(chain).await;
+        }
+        self.layers.lock().lease(chain)?;
+        self.info_of(chain)
     }
 
     pub(super) async fn retain(self: &Arc<Self>, chain: &ChainId) -> Result<LayerInfo> {

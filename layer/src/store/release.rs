@@ -57,6 +57,16 @@ impl Inner {
         Ok(deleted)
     }
 
+    pub(super) async fn unlease(self: &Arc<Self>, chain: &ChainId) -> Result<Vec<ChainId>> {
+        let key = self.chain_keys.lock(chain).await;
+        let freed = self.layers.lock().unlease(chain)?;
+        let deleted: Vec<ChainId> = freed.iter().map(|m| m.chain_id.clone()).collect();
+        let freed = self.unpublish_own(chain, freed).await;
+        drop(key);
+        self.finish_freeing(freed).await;
+        Ok(deleted)
+    }
+
     /// Unpublish what a change of `chain`'s counts freed (the layer itself
     /// and possibly ancestors, child first): the layer itself now, under
     /// its key, which the caller holds. Only the holder of a chain's key
