@@ -187,7 +187,7 @@ fn main() {
     let secs = |d: Duration| d.as_secs_f64();
     println!("  tar -x (floor)                      {:>8.2} s", secs(t_tar));
     println!(
-        "  layerctl image load -i FILE         {:>8.2} s   {:.2}x of tar -x",
+        "  ImageStore::load_path (FILE)        {:>8.2} s   {:.2}x of tar -x",
         secs(t_ours),
         secs(t_tar) / secs(t_ours)
     );
