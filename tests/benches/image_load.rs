@@ -10,6 +10,9 @@
 //! includes a `sync` of the filesystem. Prints the times and the ratios.
 //! Skipped, saying why, when not root or when dockerd is not installed.
 
+// A benchmark harness: it panics on any unexpected failure by design.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
