@@ -10,8 +10,8 @@
 //! includes a `sync` of the filesystem. Prints the times and the ratios.
 //! Skipped, saying why, when not root or when dockerd is not installed.
 
-// A benchmark: its setup panics on any failure by design.
-#![allow(clippy::unwrap_used)]
+// A benchmark harness: it panics on any unexpected failure by design.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
 use std::io::Write;
@@ -190,7 +190,7 @@ fn main() {
     let secs = |d: Duration| d.as_secs_f64();
     println!("  tar -x (floor)                      {:>8.2} s", secs(t_tar));
     println!(
-        "  layerctl image load -i FILE         {:>8.2} s   {:.2}x of tar -x",
+        "  ImageStore::load_path (FILE)        {:>8.2} s   {:.2}x of tar -x",
         secs(t_ours),
         secs(t_tar) / secs(t_ours)
     );
