@@ -7,8 +7,9 @@
 //!   registration — or the duplicate-suppressed registrations waiting on
 //!   it, which then take over — for longer than that. At most
 //!   [`MAX_UPLOADS`] run at once; past that, 503.
-//!   The body is not touched before the store's first read: a registration
-//!   that finds its layer present, or joins one in flight, never reads it.
+//!   With `Expect: 100-continue` the body is not touched before the store's
+//!   first read: a registration that finds its layer present, or joins one
+//!   in flight, never reads it.
 //! - Every request body is wrapped in [`DrainOnDrop`]: a handler that answers
 //!   without reading the whole body (bad parent, hostile tar, JSON over the
 //!   limit) leaves the rest to be read and discarded, up to [`DRAIN_LIMIT`],
@@ -74,23 +75,32 @@ pub const DRAIN_LIMIT: u64 = 256 << 20;
 pub const DRAIN_IDLE: Duration = Duration::from_secs(10);
 
 /// The request body as a blocking reader. Must be created inside the runtime
-/// and read outside of it (on the blocking pool), as the store does. The
-/// body is first polled on the reader's first read (so an `Expect:
-/// 100-continue` client is asked for it only then); a reader dropped unread
-/// leaves it untouched. Every byte received is counted in `received`; a
-/// body that sends nothing for `idle` fails with `TimedOut`. `permit` (an
-/// upload slot) is held until the body is done.
+/// and read outside of it (on the blocking pool), as the store does. With
+/// `lazy` (the client sent `Expect: 100-continue`) the body is first polled
+/// on the reader's first read, so the client is asked for it only then, and
+/// a reader dropped unread leaves it untouched; without, it is read from
+/// the start (a client that sends at once is watched for stalls at once).
+/// Every byte received is counted in `received`; a body that sends nothing
+/// for `idle` fails with `TimedOut`. `permit` (an upload slot) is held until
+/// the body is done.
 pub fn body_reader(
     body: Body,
     received: ByteCounter,
     idle: Duration,
     permit: tokio::sync::OwnedSemaphorePermit,
+    lazy: bool,
 ) -> TarReader {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
     let chunks: ChunkStream =
         Box::pin(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }));
     let pump = BodyPump { body, tx, received, idle, permit, rt: tokio::runtime::Handle::current() };
-    Box::new(LazyBody { pump: Some(pump), bridge: SyncIoBridge::new(StreamReader::new(chunks)) })
+    let pump = if lazy {
+        Some(pump)
+    } else {
+        pump.start();
+        None
+    };
+    Box::new(LazyBody { pump, bridge: SyncIoBridge::new(StreamReader::new(chunks)) })
 }
 
 type ChunkStream = Pin<Box<dyn futures_util::Stream<Item = io::Result<Bytes>> + Send>>;
@@ -401,6 +411,7 @@ mod tests {
             ByteCounter::default(),
             Duration::from_millis(50),
             permit(),
+            false,
         );
         let err = tokio::task::spawn_blocking(move || {
             let mut v = Vec::new();
@@ -456,6 +467,7 @@ mod tests {
             ByteCounter::default(),
             DEFAULT_IDLE_TIMEOUT,
             permit(),
+            false,
         );
         let got = tokio::task::spawn_blocking(move || {
             let mut v = Vec::new();
@@ -479,13 +491,13 @@ mod tests {
     async fn a_reader_dropped_unread_never_polls_the_body() {
         let polled = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let received = ByteCounter::default();
-        let reader = body_reader(watched_body(&polled), received.clone(), DEFAULT_IDLE_TIMEOUT, permit());
+        let reader = body_reader(watched_body(&polled), received.clone(), DEFAULT_IDLE_TIMEOUT, permit(), true);
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(reader);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!polled.load(std::sync::atomic::Ordering::SeqCst), "the body was polled");
         // The same body is polled as soon as the reader is read.
-        let mut reader = body_reader(watched_body(&polled), received, DEFAULT_IDLE_TIMEOUT, permit());
+        let mut reader = body_reader(watched_body(&polled), received, DEFAULT_IDLE_TIMEOUT, permit(), true);
         let n = tokio::task::spawn_blocking(move || reader.read(&mut [0u8; 8])).await.unwrap().unwrap();
         assert_eq!(n, 0);
         assert!(polled.load(std::sync::atomic::Ordering::SeqCst));
@@ -505,7 +517,7 @@ mod tests {
             vec![Ok(Bytes::from_static(b"abc")), Ok(Bytes::new()), Ok(Bytes::from_static(b"defgh"))];
         let body = Body::from_stream(futures_util::stream::iter(chunks));
         let received = ByteCounter::default();
-        let mut reader = body_reader(body, received.clone(), DEFAULT_IDLE_TIMEOUT, permit());
+        let mut reader = body_reader(body, received.clone(), DEFAULT_IDLE_TIMEOUT, permit(), false);
         let got = tokio::task::spawn_blocking(move || {
             let mut small = [0u8; 2];
             let n = reader.read(&mut small).unwrap();
