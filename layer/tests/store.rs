@@ -863,3 +863,41 @@ async fn export_verifies_with_and_without_checkpoints() {
     std::fs::write(&cp, b"{not json").unwrap();
     assert_eq!(export(&store, &l.chain_id).await.unwrap(), t, "unusable checkpoints: sequential check");
 }
+
+/// A batch removal: every RW layer is gone from view (and its metadata
+/// from `mounts/`) when the call returns, each name has its own result in
+/// order, and once the deletions ran the parent — pinned only by the batch's
+/// RW layers — and every driver dir are gone too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_rw_many_unpublishes_the_batch_then_deletes_it() {
+    let env = Env::new();
+    let store = env.open().await;
+    let base = register(&store, &tar_of(&[("etc/a", b"base")]), None).await.chain_id;
+    let mut names = Vec::new();
+    for i in 0..8 {
+        let name = RwName::parse(&format!("c{i}")).unwrap();
+        store.create_rw(&name, Some(&base), RwOpts { init: i % 2 == 0, ..RwOpts::default() }).await.unwrap();
+        let p = store.mount(&name).await.unwrap();
+        std::fs::write(p.join(format!("file{i}")), b"data").unwrap();
+        names.push(name);
+    }
+    store.unmount(&names[1]).await.unwrap();
+    store.release(&base).await.unwrap();
+    let mut batch = names.clone();
+    batch.insert(3, RwName::parse("missing").unwrap());
+    let results = store.release_rw_many(batch).await.unwrap();
+    assert_eq!(results.len(), 9);
+    for (i, r) in results.iter().enumerate() {
+        if i == 3 {
+            assert_eq!(r.as_ref().unwrap_err().kind(), ErrorKind::NotFound);
+        } else {
+            assert!(r.is_ok(), "{i}: {r:?}");
+        }
+    }
+    assert!(store.list_rw().is_empty());
+    assert!(env.entries("mounts").is_empty());
+    store.settle().await;
+    assert!(store.list().is_empty(), "the parent, pinned only by the batch, is freed");
+    assert_eq!(driver_ids(&store).await, 0);
+    assert!(env.entries("trash").is_empty());
+}

@@ -5,14 +5,16 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, TE};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, EXPECT, HOST, TE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use indicatif::ProgressBar;
@@ -20,6 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::Notify;
 use tokio_util::io::ReaderStream;
 
 use crate::api::ErrorBody;
@@ -144,19 +147,30 @@ impl Client {
         body: ReqBody,
         key: Option<&str>,
     ) -> CliResult<Response<Incoming>> {
-        let mut sender = self.connect().await?;
-        // `TE: trailers`: a streamed body that fails says why in a trailer.
+        let mut req = self.request(method, path, content_type);
+        if let Some(k) = key {
+            req = req.header(IDEMPOTENCY_KEY, k);
+        }
+        let req = req.body(body).map_err(|e| CliError::other("build request", e))?;
+        self.dispatch(req).await
+    }
+
+    /// A request's head: host, `TE: trailers` (a streamed body that fails
+    /// says why in a trailer), content type and, over TCP, the token.
+    fn request(&self, method: Method, path: &str, content_type: Option<&str>) -> hyper::http::request::Builder {
         let mut req = Request::builder().method(method).uri(path).header(HOST, "layerd").header(TE, "trailers");
         if let Some(ct) = content_type {
             req = req.header(CONTENT_TYPE, ct);
         }
-        if let Some(k) = key {
-            req = req.header(IDEMPOTENCY_KEY, k);
-        }
         if let Endpoint::Tcp { token, .. } = &self.endpoint {
             req = req.header(AUTHORIZATION, format!("Bearer {token}"));
         }
-        let req = req.body(body).map_err(|e| CliError::other("build request", e))?;
+        req
+    }
+
+    /// Send `req` on a new connection; a non-2xx answer becomes [`CliError::Server`].
+    async fn dispatch(&self, req: Request<ReqBody>) -> CliResult<Response<Incoming>> {
+        let mut sender = self.connect().await?;
         let resp = sender.send_request(req).await.map_err(|e| CliError::Lost(format!("request to layerd: {e}")))?;
         if resp.status().is_success() { Ok(resp) } else { Err(server_error(resp).await) }
     }
@@ -224,22 +238,69 @@ impl Client {
         read_json(resp).await
     }
 
-    /// POST `reader` as a streamed tar body, answering JSON.
+    /// POST `reader` as a streamed tar body, answering JSON. The request
+    /// says `Expect: 100-continue`, and the body goes out only once the
+    /// daemon answers `100 Continue` (it does when the store starts reading
+    /// it), or after [`EXPECT_TIMEOUT`] without an answer. A final answer
+    /// that comes first (a layer already present or registered meanwhile, an
+    /// error) ends the request without sending the body.
     pub async fn upload<R, T>(&self, path: &str, reader: R) -> CliResult<T>
     where
         R: AsyncRead + Send + 'static,
         T: DeserializeOwned,
     {
-        let stream = ReaderStream::with_capacity(reader, UPLOAD_CHUNK).map_ok(Frame::data);
-        let body = BodyExt::boxed_unsync(StreamBody::new(stream));
-        let resp = self.send(Method::POST, path, Some("application/x-tar"), body).await?;
-        read_json(resp).await
+        let gate = Arc::new(ExpectGate::default());
+        let body = gated_body(reader, gate.clone());
+        let req = self.request(Method::POST, path, Some("application/x-tar")).header(EXPECT, "100-continue");
+        let mut req = req.body(body).map_err(|e| CliError::other("build request", e))?;
+        let on_continue = gate.clone();
+        hyper::ext::on_informational(&mut req, move |res| {
+            if res.status() == StatusCode::CONTINUE {
+                on_continue.send.notify_one();
+            }
+        });
+        let resp = self.dispatch(req).await;
+        // Answered: a body still waiting to start is never sent.
+        gate.answered.notify_one();
+        read_json(resp?).await
     }
 
     /// GET a streamed body; the status has been checked, the body not read.
     pub async fn open(&self, path: &str) -> CliResult<Response<Incoming>> {
         self.send(Method::GET, path, None, empty()).await
     }
+}
+
+/// How long an upload waits for `100 Continue` before it sends the body
+/// anyway, for a server or proxy that ignores `Expect` (curl waits as long).
+pub const EXPECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The two events an upload's body waits for.
+#[derive(Default)]
+struct ExpectGate {
+    /// `100 Continue` arrived: send.
+    send: Notify,
+    /// The final answer arrived.
+    answered: Notify,
+}
+
+/// `reader` as a request body that starts once `gate` says send (or after
+/// [`EXPECT_TIMEOUT`]), and ends with an error, sending nothing, if the
+/// answer comes first: hyper then closes the connection.
+fn gated_body<R: AsyncRead + Send + 'static>(reader: R, gate: Arc<ExpectGate>) -> ReqBody {
+    let wait = async move {
+        tokio::select! {
+            () = gate.send.notified() => Ok(()),
+            () = tokio::time::sleep(EXPECT_TIMEOUT) => {
+                tracing::debug!("no 100 Continue within {EXPECT_TIMEOUT:?}; sending the body anyway");
+                Ok(())
+            }
+            () = gate.answered.notified() => Err(io::Error::other("answered before the body was sent")),
+        }
+    };
+    let start = futures_util::stream::once(wait).try_filter_map(|()| async { Ok::<Option<Bytes>, io::Error>(None) });
+    let stream = start.chain(ReaderStream::with_capacity(reader, UPLOAD_CHUNK)).map_ok(Frame::data);
+    BodyExt::boxed_unsync(StreamBody::new(stream))
 }
 
 /// Copy a streamed body into `out`, advancing `progress`. Fails if the body

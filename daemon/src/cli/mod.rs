@@ -277,7 +277,11 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let outcome = runtime.block_on(run(cli));
+    // Don't wait for blocking reads still running: an upload answered
+    // before its body was sent may have a read of stdin pending for good.
+    runtime.shutdown_background();
+    match outcome {
         Ok(code) => code,
         Err(CliError::StdoutClosed) => ExitCode::SUCCESS,
         Err(e) => {

@@ -21,6 +21,7 @@ pub async fn list(State(state): State<AppState>) -> Json<Vec<LayerInfo>> {
 pub async fn register(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<RegisterQuery>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<LayerInfo>)> {
     let opts = register_opts(&state.store, &query)?;
@@ -31,7 +32,9 @@ pub async fn register(
             format!("too many uploads in progress ({}); retry later", super::stream::MAX_UPLOADS),
         )
     })?;
-    let reader = body_reader(body, state.metrics.imported.clone(), state.idle_timeout, permit);
+    // An `Expect: 100-continue` body is asked for only when the store reads it.
+    let lazy = super::stream::expects_continue(&headers);
+    let reader = body_reader(body, state.metrics.imported.clone(), state.idle_timeout, permit, lazy);
     let store = state.store.clone();
     let info = state.detached(async move { Ok(store.register(reader, opts).await?) }).await?;
     tracing::info!(chain_id = %info.chain_id, "layer registered");

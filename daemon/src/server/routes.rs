@@ -175,7 +175,7 @@ pub fn router(state: AppState) -> Router {
         // body, which this limit does not apply to.
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .layer(middleware::from_fn_with_state(state.idempotency.clone(), idempotency::middleware))
-        .layer(middleware::map_request(stream::drain_unread_bodies))
+        .layer(middleware::from_fn(stream::expect_continue))
         .layer(middleware::from_fn(trace::trace_request))
         .layer(middleware::from_fn_with_state(state.metrics.clone(), metrics::track))
         .with_state(state)

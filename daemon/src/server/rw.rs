@@ -1,24 +1,17 @@
 //! `/v1/rw`: containers' writable layers.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use graphdriver::Change;
 use layer::{LayerInfo, RwInfo, RwName, RwOpts, Store};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{AcceptsTrailers, ApiJson, NamePath, resolve_parent};
 use super::routes::AppState;
 use super::stream::tar_response;
 use crate::api::{BulkDeleteRequest, BulkDeleteResponse, BulkDeleteResult, CreateRwRequest, MountResponse};
-
-/// Removals of one bulk delete that run at once.
-pub const BULK_DELETE_PARALLELISM: usize = 16;
 
 pub async fn list(State(state): State<AppState>) -> Json<Vec<RwInfo>> {
     Json(state.store.list_rw())
@@ -83,52 +76,40 @@ pub async fn release(State(state): State<AppState>, NamePath(name): NamePath) ->
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `POST /v1/rw/delete {"names":[...]}`: remove many RW layers concurrently.
+/// `POST /v1/rw/delete {"names":[...]}`: remove many RW layers at once.
 /// Each name gets its own result; one failure does not stop the others.
+/// Every layer is unpublished before any deletion starts, and the answer
+/// comes once they are all unpublished: the data is deleted behind it.
 pub async fn bulk_delete(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<BulkDeleteRequest>,
 ) -> ApiResult<Json<BulkDeleteResponse>> {
     let store = state.store.clone();
-    let results = state.detached(async move { Ok(delete_all(store, req.names).await) }).await?;
+    let results = state.detached(async move { delete_all(store, req.names).await }).await?;
     Ok(Json(BulkDeleteResponse { results }))
 }
 
-async fn delete_all(store: Store, names: Vec<String>) -> Vec<BulkDeleteResult> {
+async fn delete_all(store: Store, names: Vec<String>) -> ApiResult<Vec<BulkDeleteResult>> {
     let mut results: Vec<BulkDeleteResult> =
         names.iter().map(|name| BulkDeleteResult { name: name.clone(), ok: false, error: None }).collect();
-    let permits = Arc::new(Semaphore::new(BULK_DELETE_PARALLELISM));
-    let mut set = JoinSet::new();
-    for (i, raw) in names.into_iter().enumerate() {
-        let name = match RwName::parse(&raw) {
-            Ok(name) => name,
-            Err(e) => {
-                results[i].error = Some(e.to_string());
-                continue;
-            }
-        };
-        let store = store.clone();
-        let permits = Arc::clone(&permits);
-        set.spawn(async move {
-            // The semaphore is never closed, so acquiring cannot fail.
-            let _permit = permits.acquire_owned().await;
-            (i, store.release_rw(&name).await.map_err(ApiError::from))
-        });
+    let mut valid = Vec::new();
+    for (i, raw) in names.iter().enumerate() {
+        match RwName::parse(raw) {
+            Ok(name) => valid.push((i, name)),
+            Err(e) => results[i].error = Some(e.to_string()),
+        }
     }
-    while let Some(joined) = set.join_next().await {
-        match joined {
-            Ok((i, Ok(()))) => results[i].ok = true,
-            Ok((i, Err(e))) => {
+    let (slots, names): (Vec<usize>, Vec<RwName>) = valid.into_iter().unzip();
+    let outcomes = store.release_rw_many(names).await?;
+    for (i, outcome) in slots.into_iter().zip(outcomes) {
+        match outcome {
+            Ok(()) => results[i].ok = true,
+            Err(e) => {
+                let e = ApiError::from(e);
                 e.log();
                 results[i].error = Some(e.public_message().to_owned());
             }
-            Err(e) => tracing::error!(error = %e, "bulk delete task failed"),
         }
     }
-    for r in &mut results {
-        if !r.ok && r.error.is_none() {
-            r.error = Some(super::error::INTERNAL_MESSAGE.to_owned());
-        }
-    }
-    results
+    Ok(results)
 }

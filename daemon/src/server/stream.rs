@@ -7,12 +7,22 @@
 //!   registration — or the duplicate-suppressed registrations waiting on
 //!   it, which then take over — for longer than that. At most
 //!   [`MAX_UPLOADS`] run at once; past that, 503.
+//!   With `Expect: 100-continue` the body is not touched before the store's
+//!   first read: a registration that finds its layer present, or joins one
+//!   in flight, never reads it.
 //! - Every request body is wrapped in [`DrainOnDrop`]: a handler that answers
 //!   without reading the whole body (bad parent, hostile tar, JSON over the
 //!   limit) leaves the rest to be read and discarded, up to [`DRAIN_LIMIT`],
 //!   so the client can finish sending and read the error. Without it the
 //!   connection is closed with unread data and the client sees a reset
 //!   instead of the answer.
+//! - `Expect: 100-continue`: hyper sends `100 Continue` when the body is
+//!   first polled, so a body nobody polls is never asked for. A request
+//!   answered with its body unpolled (a duplicate upload, a 4xx) is
+//!   answered with `Connection: close` and no `100 Continue`; its body is
+//!   kept (see [`expect_continue`]) until the response head is written and
+//!   only then drained, so a client that sends the body anyway still reads
+//!   the answer, and one that waits sends nothing.
 //! - Download: blocking hops read the store's [`TarReader`] a few chunks at
 //!   a time, and an async task sends them through a bounded channel into the
 //!   response body, so a client that stops reading holds no blocking
@@ -25,12 +35,14 @@
 
 use std::io::{self, Read};
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::header;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -58,19 +70,59 @@ pub const MAX_UPLOADS: usize = 1024;
 /// up on it.
 pub const DRAIN_LIMIT: u64 = 256 << 20;
 
+/// How long a body being drained may send nothing before it is dropped (a
+/// client that was answered early and neither sends nor closes).
+pub const DRAIN_IDLE: Duration = Duration::from_secs(10);
+
 /// The request body as a blocking reader. Must be created inside the runtime
-/// and read outside of it (on the blocking pool), as the store does. Every
-/// byte received is counted in `received`; a body that sends nothing for
-/// `idle` fails with `TimedOut`. `permit` (an upload slot) is held until the
-/// body is done.
+/// and read outside of it (on the blocking pool), as the store does. With
+/// `lazy` (the client sent `Expect: 100-continue`) the body is first polled
+/// on the reader's first read, so the client is asked for it only then, and
+/// a reader dropped unread leaves it untouched; without, it is read from
+/// the start (a client that sends at once is watched for stalls at once).
+/// Every byte received is counted in `received`; a body that sends nothing
+/// for `idle` fails with `TimedOut`. `permit` (an upload slot) is held until
+/// the body is done.
 pub fn body_reader(
     body: Body,
     received: ByteCounter,
     idle: Duration,
     permit: tokio::sync::OwnedSemaphorePermit,
+    lazy: bool,
 ) -> TarReader {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_DEPTH);
-    tokio::spawn(async move {
+    let chunks: ChunkStream =
+        Box::pin(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }));
+    let pump = BodyPump { body, tx, received, idle, permit, rt: tokio::runtime::Handle::current() };
+    let pump = if lazy {
+        Some(pump)
+    } else {
+        pump.start();
+        None
+    };
+    Box::new(LazyBody { pump, bridge: SyncIoBridge::new(StreamReader::new(chunks)) })
+}
+
+type ChunkStream = Pin<Box<dyn futures_util::Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// What forwards a request body into a [`LazyBody`], once started.
+struct BodyPump {
+    body: Body,
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    received: ByteCounter,
+    idle: Duration,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    rt: tokio::runtime::Handle,
+}
+
+impl BodyPump {
+    fn start(self) {
+        let rt = self.rt.clone();
+        rt.spawn(self.run());
+    }
+
+    async fn run(self) {
+        let BodyPump { body, tx, received, idle, permit, rt: _ } = self;
         let _permit = permit;
         let mut stream = body.into_data_stream();
         loop {
@@ -92,21 +144,76 @@ pub fn body_reader(
                 return;
             }
         }
-    });
-    let chunks = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    Box::new(SyncIoBridge::new(StreamReader::new(Box::pin(chunks))))
+    }
 }
 
-/// Middleware: wrap the request body in [`DrainOnDrop`].
-pub async fn drain_unread_bodies(req: Request) -> Request {
-    req.map(|body| Body::new(DrainOnDrop { inner: Some(body), finished: false }))
+/// A blocking reader of a request body that starts forwarding it on the
+/// first read.
+struct LazyBody {
+    pump: Option<BodyPump>,
+    bridge: SyncIoBridge<StreamReader<ChunkStream, Bytes>>,
+}
+
+impl Read for LazyBody {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(pump) = self.pump.take() {
+            pump.start();
+        }
+        self.bridge.read(buf)
+    }
+}
+
+/// Whether a request asks for `100 Continue` before it sends its body.
+pub fn expects_continue(headers: &header::HeaderMap) -> bool {
+    headers.get_all(header::EXPECT).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// An unpolled request body parked by [`DrainOnDrop`] for [`expect_continue`].
+type Parked = Arc<Mutex<Option<Body>>>;
+
+/// A body kept in the response's extensions: hyper drops them while it
+/// writes the response head, and only then is the body drained.
+#[derive(Clone)]
+struct DrainAfterHead {
+    _body: Arc<Mutex<Option<DrainOnDrop>>>,
+}
+
+/// Middleware: wrap the request body in [`DrainOnDrop`], and answer an
+/// `Expect: 100-continue` request whose body the handler never polled
+/// without asking for the body.
+///
+/// hyper sends `100 Continue` when the body is first polled while no
+/// response has been written. A handler that answers without polling it (a
+/// duplicate upload answered from the store, a 4xx) drops it unpolled: it is
+/// parked here, the response gets `Connection: close` (the client, which
+/// sent no body, must not reuse the connection) and carries the body in its
+/// extensions until hyper has written the head; then the body is drained, so
+/// a client that sent it anyway (after its own wait ran out) still reads the
+/// answer, while one that waits sends nothing and closes.
+pub async fn expect_continue(req: Request, next: Next) -> Response {
+    let parked: Option<Parked> = expects_continue(req.headers()).then(Parked::default);
+    let park = parked.clone();
+    let req = req.map(|body| Body::new(DrainOnDrop { inner: Some(body), finished: false, polled: false, park }));
+    let mut resp = next.run(req).await;
+    let unread = parked.and_then(|p| p.lock().unwrap_or_else(PoisonError::into_inner).take());
+    if let Some(body) = unread {
+        tracing::debug!(status = %resp.status(), "answered without reading the body; no 100 Continue");
+        resp.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        let held = DrainOnDrop { inner: Some(body), finished: false, polled: true, park: None };
+        resp.extensions_mut().insert(DrainAfterHead { _body: Arc::new(Mutex::new(Some(held))) });
+    }
+    resp
 }
 
 /// A request body that, dropped before its end, is read to its end (at most
-/// [`DRAIN_LIMIT`] more bytes) by a background task.
+/// [`DRAIN_LIMIT`] more bytes, each chunk within [`DRAIN_IDLE`]) by a
+/// background task; or, never polled and `park` set, handed back to
+/// [`expect_continue`] instead.
 pub struct DrainOnDrop {
     inner: Option<Body>,
     finished: bool,
+    polled: bool,
+    park: Option<Parked>,
 }
 
 impl HttpBody for DrainOnDrop {
@@ -114,6 +221,7 @@ impl HttpBody for DrainOnDrop {
     type Error = axum::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        self.polled = true;
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
@@ -139,11 +247,17 @@ impl Drop for DrainOnDrop {
         if self.finished || body.is_end_stream() {
             return;
         }
+        if !self.polled
+            && let Some(park) = self.park.take()
+        {
+            *park.lock().unwrap_or_else(PoisonError::into_inner) = Some(body);
+            return;
+        }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 let mut stream = body.into_data_stream();
                 let mut drained = 0u64;
-                while let Some(Ok(chunk)) = stream.next().await {
+                while let Ok(Some(Ok(chunk))) = tokio::time::timeout(DRAIN_IDLE, stream.next()).await {
                     drained += chunk.len() as u64;
                     if drained > DRAIN_LIMIT {
                         tracing::debug!("stopped draining an abandoned request body");
@@ -297,6 +411,7 @@ mod tests {
             ByteCounter::default(),
             Duration::from_millis(50),
             permit(),
+            false,
         );
         let err = tokio::task::spawn_blocking(move || {
             let mut v = Vec::new();
@@ -352,6 +467,7 @@ mod tests {
             ByteCounter::default(),
             DEFAULT_IDLE_TIMEOUT,
             permit(),
+            false,
         );
         let got = tokio::task::spawn_blocking(move || {
             let mut v = Vec::new();
@@ -362,13 +478,46 @@ mod tests {
         assert!(got.is_err());
     }
 
+    /// A body that records whether anyone polled it.
+    fn watched_body(polled: &Arc<std::sync::atomic::AtomicBool>) -> Body {
+        let polled = polled.clone();
+        Body::from_stream(futures_util::stream::poll_fn(move |_| {
+            polled.store(true, std::sync::atomic::Ordering::SeqCst);
+            Poll::Ready(None::<io::Result<Bytes>>)
+        }))
+    }
+
+    #[tokio::test]
+    async fn a_reader_dropped_unread_never_polls_the_body() {
+        let polled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let received = ByteCounter::default();
+        let reader = body_reader(watched_body(&polled), received.clone(), DEFAULT_IDLE_TIMEOUT, permit(), true);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(reader);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!polled.load(std::sync::atomic::Ordering::SeqCst), "the body was polled");
+        // The same body is polled as soon as the reader is read.
+        let mut reader = body_reader(watched_body(&polled), received, DEFAULT_IDLE_TIMEOUT, permit(), true);
+        let n = tokio::task::spawn_blocking(move || reader.read(&mut [0u8; 8])).await.unwrap().unwrap();
+        assert_eq!(n, 0);
+        assert!(polled.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[test]
+    fn expect_headers_are_recognised() {
+        let mut h = header::HeaderMap::new();
+        assert!(!expects_continue(&h));
+        h.insert(header::EXPECT, header::HeaderValue::from_static("100-Continue"));
+        assert!(expects_continue(&h));
+    }
+
     #[tokio::test]
     async fn the_request_body_is_readable_from_a_blocking_thread() {
         let chunks: Vec<io::Result<Bytes>> =
             vec![Ok(Bytes::from_static(b"abc")), Ok(Bytes::new()), Ok(Bytes::from_static(b"defgh"))];
         let body = Body::from_stream(futures_util::stream::iter(chunks));
         let received = ByteCounter::default();
-        let mut reader = body_reader(body, received.clone(), DEFAULT_IDLE_TIMEOUT, permit());
+        let mut reader = body_reader(body, received.clone(), DEFAULT_IDLE_TIMEOUT, permit(), false);
         let got = tokio::task::spawn_blocking(move || {
             let mut small = [0u8; 2];
             let n = reader.read(&mut small).unwrap();

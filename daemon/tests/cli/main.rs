@@ -12,6 +12,7 @@ mod support;
 
 mod check;
 mod errors;
+mod expect;
 mod images;
 mod layers;
 mod pull_push;

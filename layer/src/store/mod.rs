@@ -221,11 +221,14 @@ impl Inner {
         self.damaged.layer_error(chain).unwrap_or_else(|| LayerStoreError::LayerNotFound(chain.to_string()))
     }
 
-    /// Run deferred work (deletions) in the background, tracked for
-    /// shutdown; inline in the coarse baseline.
+    /// Run deferred work (deletions) in the background, on the deletion
+    /// runtime (see `release::deleter`), tracked for shutdown; inline in the
+    /// coarse baseline.
     async fn defer(&self, fut: impl Future<Output = ()> + Send + 'static) {
         if self.coarse().is_some() {
             fut.await;
+        } else if let Some(rt) = release::deleter() {
+            self.bg.spawn_on(fut, rt);
         } else {
             self.bg.spawn(fut);
         }
@@ -473,6 +476,14 @@ impl Store {
     pub async fn release_rw(&self, name: &RwName) -> Result<()> {
         let name = name.clone();
         self.run(move |inner| async move { inner.release_rw(&name).await }).await
+    }
+
+    /// Remove many RW layers at once, one result per name in order: every
+    /// one is unpublished (durably) before any deletion starts, so the call
+    /// returns as soon as they are all gone from view; the data is deleted
+    /// behind it.
+    pub async fn release_rw_many(&self, names: Vec<RwName>) -> Result<Vec<Result<()>>> {
+        self.run(move |inner| async move { inner.release_rw_many(names).await }).await
     }
 
     pub async fn info(&self) -> StoreInfo {

@@ -6,12 +6,20 @@
 //! order — an RW layer's dirs first, then the freed layers child before
 //! parent — so a driver never sees a parent removed while its child's removal
 //! is still running. Independent releases run in parallel.
+//!
+//! Those tasks run on a runtime of their own ([`deleter`]): a few blocking
+//! threads at a low CPU priority. A burst of removals (a hundred `docker rm`
+//! at once) then neither starves the requests still arriving of CPU — the
+//! unlinks of a hundred trees at once would take both cores of a small host
+//! and queue every rename behind them in the filesystem's journal — nor
+//! deletes any slower: unlinks on one filesystem do not scale past a few
+//! threads.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use graphdriver::CacheId;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::graph::LayerMeta;
 use super::{Inner, blocking};
@@ -19,12 +27,60 @@ use crate::digest::ChainId;
 use crate::error::Result;
 use crate::metadata::remove_any;
 
+/// Blocking threads that delete at once.
+const DELETE_THREADS: usize = 4;
+
+/// The CPU priority (nice value) of the deleting threads.
+const DELETE_NICE: i32 = 10;
+
+/// The runtime deferred deletions run on: one worker, [`DELETE_THREADS`]
+/// blocking threads (a driver's deletion runs on the blocking pool of the
+/// runtime it is called from), every thread at nice [`DELETE_NICE`]. Built
+/// once per process, never dropped; `None` if it cannot be built (deletions
+/// then run on the caller's runtime).
+pub(super) fn deleter() -> Option<&'static tokio::runtime::Handle> {
+    static POOL: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(DELETE_THREADS)
+            .thread_name("layer-store-delete")
+            .on_thread_start(lower_priority)
+            .enable_all()
+            .build()
+            .map_err(|e| warn!(error = %e, "no dedicated deletion runtime; deleting on the caller's"))
+            .ok()
+    })
+    .as_ref()
+    .map(tokio::runtime::Runtime::handle)
+}
+
+fn lower_priority() {
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), DELETE_NICE) {
+        debug!(error = %e, "could not lower a deletion thread's priority");
+    }
+}
+
+/// Run `f` on the blocking pool of the runtime this is called from (the
+/// deleter's, for background deletions).
+async fn deleting(f: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| crate::error::LayerStoreError::Internal(format!("blocking task failed: {e}")))?
+}
+
 /// An unpublished RW layer's driver dirs (ids marked busy in the mounts map)
 /// and its trashed metadata.
 #[derive(Default)]
 pub(super) struct RwDirs {
     ids: Vec<CacheId>,
     trashed: Option<PathBuf>,
+}
+
+/// What one removal left to delete: everything it unpublished.
+pub(super) struct Deletion {
+    rw: RwDirs,
+    layers: Vec<Unpublished>,
 }
 
 /// What a change of counts freed: layers unpublished already, and
@@ -110,12 +166,29 @@ impl Inner {
         rw_ids: Vec<CacheId>,
         rw_trash: Option<PathBuf>,
     ) {
+        let d = self.unpin_rw_deferred(parent, rw_ids, rw_trash).await;
+        self.delete_later(d).await;
+    }
+
+    /// [`Self::unpin_rw`] up to the deletion, which is returned for
+    /// [`Self::delete_later`].
+    pub(super) async fn unpin_rw_deferred(
+        self: &Arc<Self>,
+        parent: Option<&Arc<LayerMeta>>,
+        rw_ids: Vec<CacheId>,
+        rw_trash: Option<PathBuf>,
+    ) -> Deletion {
         let freed = match parent {
             Some(p) => self.layers.lock().unpin_rw(&p.chain_id),
             None => Vec::new(),
         };
-        let done = self.unpublish_all(freed).await;
-        self.delete_in_background(RwDirs { ids: rw_ids, trashed: rw_trash }, done).await;
+        let layers = self.unpublish_all(freed).await;
+        Deletion { rw: RwDirs { ids: rw_ids, trashed: rw_trash }, layers }
+    }
+
+    /// Start a deletion in the background.
+    pub(super) async fn delete_later(self: &Arc<Self>, d: Deletion) {
+        self.delete_in_background(d.rw, d.layers).await;
     }
 
     pub(super) async fn unpublish_all(self: &Arc<Self>, freed: Vec<Arc<LayerMeta>>) -> Vec<Unpublished> {
@@ -174,7 +247,7 @@ impl Inner {
                 inner.mounts.lock().busy.unmark(&rw.ids);
             }
             if let Some(t) = rw.trashed
-                && let Err(e) = blocking(move || remove_any(&t)).await
+                && let Err(e) = deleting(move || remove_any(&t)).await
             {
                 warn!(error = %e, "emptying trash failed");
             }
@@ -184,7 +257,7 @@ impl Inner {
                 }
                 inner.layers.lock().busy.unmark([&u.meta.cache_id]);
                 if let Some(t) = u.trashed
-                    && let Err(e) = blocking(move || remove_any(&t)).await
+                    && let Err(e) = deleting(move || remove_any(&t)).await
                 {
                     warn!(error = %e, "emptying trash failed");
                 }

@@ -283,6 +283,40 @@ impl Inner {
     }
 
     pub(super) async fn release_rw(self: &Arc<Self>, name: &RwName) -> Result<()> {
+        let d = self.unpublish_rw(name).await?;
+        self.delete_later(d).await;
+        Ok(())
+    }
+
+    /// Remove many RW layers: every one unpublished first, all at once,
+    /// then every deletion started, so the renames of the batch don't
+    /// queue behind its own unlinks in the filesystem's journal.
+    pub(super) async fn release_rw_many(self: &Arc<Self>, names: Vec<RwName>) -> Result<Vec<Result<()>>> {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, name) in names.into_iter().enumerate() {
+            let inner = self.clone();
+            set.spawn(async move { (i, inner.unpublish_rw(&name).await) });
+        }
+        let mut unpublished = Vec::new();
+        while let Some(joined) = set.join_next().await {
+            unpublished.push(joined.map_err(|e| LayerStoreError::Internal(format!("removal task failed: {e}")))?);
+        }
+        unpublished.sort_by_key(|(i, _)| *i);
+        let mut out = Vec::with_capacity(unpublished.len());
+        for (_, r) in unpublished {
+            out.push(match r {
+                Ok(d) => {
+                    self.delete_later(d).await;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            });
+        }
+        Ok(out)
+    }
+
+    /// [`Self::release_rw`] up to the deletion, which is returned.
+    async fn unpublish_rw(self: &Arc<Self>, name: &RwName) -> Result<super::release::Deletion> {
         let key = self.name_keys.lock(name).await;
         let e = self.rw_entry(name)?;
         let ids: Vec<CacheId> = std::iter::once(e.mount_id.clone()).chain(e.init_id.clone()).collect();
@@ -317,8 +351,7 @@ impl Inner {
         info!(name = %name, "removed rw layer");
         // The RW layer's dirs, then whatever its parent's release frees, in
         // one background task in that order.
-        self.unpin_rw(e.parent.as_ref(), ids, Some(trashed)).await;
-        Ok(())
+        Ok(self.unpin_rw_deferred(e.parent.as_ref(), ids, Some(trashed)).await)
     }
 }
 
