@@ -48,7 +48,7 @@ pub async fn load(State(state): State<AppState>, body: Body) -> ApiResult<Json<L
             format!("too many uploads in progress ({}); retry later", super::stream::MAX_UPLOADS),
         )
     })?;
-    let reader = body_reader(body, state.metrics.imported.clone(), state.idle_timeout, permit);
+    let reader = body_reader(body, state.metrics.imported.clone(), state.idle_timeout, permit, false);
     let store = state.images.clone();
     let report = state.detached(async move { Ok(store.load(reader).await?) }).await?;
     tracing::info!(images = report.images.len(), layers = report.layers_registered, "images loaded");
