@@ -35,7 +35,9 @@ impl Bench {
         self.n += 1;
         let root = self.dir.path().join(format!("root{}", self.n));
         let driver: Arc<dyn Driver> = Arc::new(drivers::vfs::Vfs::new(root.join("vfs")).expect("vfs"));
-        Store::open_with(&root, driver, StoreOptions { coarse_baseline: coarse, ..StoreOptions::default() }).await.expect("open store")
+        Store::open_with(&root, driver, StoreOptions { coarse_baseline: coarse, ..StoreOptions::default() })
+            .await
+            .expect("open store")
     }
 }
 
