@@ -43,6 +43,10 @@ pub enum Removal {
 pub struct Family {
     children: HashMap<String, i64>,
     removing: HashSet<CacheId>,
+    /// Removed layers kept for their children: id -> kept dir name. A
+    /// child whose removal read its parent's name before the parent was
+    /// kept disowns the id; this sends it to the kept dir.
+    kept_as: HashMap<String, String>,
 }
 
 impl Family {
@@ -75,18 +79,33 @@ impl Family {
         if self.removing.contains(parent) {
             return Err(DriverError::NotFound(parent.to_string()));
         }
-        *self.children.entry(parent.to_string()).or_default() += 1;
+        let name = self.current_name(parent.as_str());
+        *self.children.entry(name).or_default() += 1;
         Ok(())
+    }
+
+    /// A layer `id` is being made anew: its name is its own again.
+    pub fn made(&mut self, id: &CacheId) {
+        self.kept_as.remove(id.as_str());
+    }
+
+    /// Where the layer once named `name` lives now.
+    fn current_name(&self, name: &str) -> String {
+        self.kept_as.get(name).cloned().unwrap_or_else(|| name.to_string())
     }
 
     /// A child of `parent` failed to be made, or was removed. Returns the
     /// parent's name if it is a kept dir that no child needs any more.
     pub fn disown(&mut self, parent: &str) -> Option<String> {
-        let n = self.children.entry(parent.to_string()).or_default();
+        let parent = self.current_name(parent);
+        let n = self.children.entry(parent.clone()).or_default();
         *n -= 1;
-        if *n == 0 || (*n < 0 && !is_kept(parent)) {
-            self.children.remove(parent);
-            return is_kept(parent).then(|| parent.to_string());
+        if *n == 0 || (*n < 0 && !is_kept(&parent)) {
+            self.children.remove(&parent);
+            if is_kept(&parent) {
+                self.kept_as.retain(|_, k| *k != parent);
+                return Some(parent);
+            }
         }
         None
     }
@@ -113,6 +132,7 @@ impl Family {
                     self.children.remove(&name);
                     return vec![name];
                 }
+                self.kept_as.insert(id.to_string(), name);
                 Vec::new()
             }
         }
@@ -226,5 +246,24 @@ mod tests {
         assert_eq!(f.disown(p.as_str()), None);
         f.end_remove(&c, Removal::Failed);
         assert!(f.children.is_empty() && f.removing.is_empty());
+    }
+
+    #[test]
+    fn a_child_that_named_its_parent_before_it_was_kept_still_frees_the_kept_dir() {
+        let mut f = Family::default();
+        let (p, c) = (CacheId::random(), CacheId::random());
+        f.adopt(&p).unwrap();
+        assert!(f.begin_remove(&p).unwrap(), "p has a child");
+        let kept = format!("{KEPT_PREFIX}{}-1", p.as_str());
+        assert!(f.end_remove(&p, Removal::Kept { name: kept.clone() }).is_empty());
+        // The child's removal read the parent's old name, then ended.
+        assert!(!f.begin_remove(&c).unwrap());
+        let freed = f.end_remove(&c, Removal::Deleted { parent: Some(p.to_string()) });
+        assert_eq!(freed, vec![kept]);
+        assert!(f.children.is_empty() && f.kept_as.is_empty());
+        // A layer made anew under the old id counts its own children.
+        f.made(&p);
+        f.adopt(&p).unwrap();
+        assert_eq!(f.children(p.as_str()), 1);
     }
 }

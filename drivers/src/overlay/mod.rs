@@ -220,6 +220,7 @@ impl Overlay {
         self.started().await?;
         let (layout, id, parent) = (self.layout.clone(), id.clone(), parent.cloned());
         tracing::debug!(driver = NAME, %id, parent = ?parent.as_ref().map(CacheId::as_str), ro, "create");
+        self.family().made(&id);
         if let Some(p) = &parent {
             self.family().adopt(p)?;
         }
