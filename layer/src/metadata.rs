@@ -75,11 +75,24 @@ pub(crate) struct LayerDb {
     faults: Option<FaultHook>,
     /// Whether the index is on disk, and the count of changes to the
     /// layerdb (shared by every clone).
-    index: Arc<Mutex<IndexState>>,
+    index: Arc<IndexLocks>,
 }
 
-/// The index's lock: a leaf, held for a counter update — and, once per
-/// index published, by the change that removes it (see [`LayerDb::changing`]).
+/// The index's two locks, both leaves.
+#[derive(Debug, Default)]
+struct IndexLocks {
+    /// Held for a counter or flag update, never across I/O.
+    state: Mutex<IndexState>,
+    /// Held across the index file's own I/O: publishing it (the rename) and
+    /// removing it. Taken only by the writer, once the store is quiet, and
+    /// by changes that find an index on disk — which must wait for its
+    /// removal anyway, since no record may change while an index claiming
+    /// to be current is there. Changes made while no index is on disk (all
+    /// of them under load: the index is rewritten only when quiet) never
+    /// take it; readers of the state never do.
+    file: Mutex<()>,
+}
+
 #[derive(Debug, Default)]
 struct IndexState {
     /// An index file may be on disk: the next change must remove it first.
@@ -414,7 +427,7 @@ impl LayerDb {
     }
 
     fn index_state(&self) -> MutexGuard<'_, IndexState> {
-        self.index.lock().unwrap_or_else(PoisonError::into_inner)
+        self.index.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn index_path(&self) -> PathBuf {
@@ -426,25 +439,34 @@ impl LayerDb {
     /// index if one may be on disk, durably, so that no index outlives a
     /// change it does not hold — a crash after this leaves no index, and the
     /// next start scans. An error means the change must not be made. The
-    /// removal is the one piece of I/O under the index lock, paid once per
-    /// index written (by the first change after it); every other change
-    /// holds the lock for an increment.
+    /// state lock is held for the increment only; the removal, once per
+    /// index written, happens under the file lock (see [`IndexLocks`]),
+    /// which changes made while no index is on disk never take.
     pub(crate) fn changing(&self) -> Result<()> {
-        let mut st = self.index_state();
-        if st.on_disk {
-            let path = self.index_path();
-            self.fault(MetaOp::Remove, &path)
-                .and_then(|()| match fs::remove_file(&path) {
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                    r => r,
-                })
-                .ctx("remove the index", &path)?;
-            self.sync_dir(&self.root)?;
-            st.on_disk = false;
-            tracing::debug!("removed the index: the layerdb changes");
+        {
+            let mut st = self.index_state();
+            st.current = false;
+            st.changes += 1;
+            if !st.on_disk {
+                return Ok(());
+            }
         }
-        st.current = false;
-        st.changes += 1;
+        // The removal, outside the state lock: the first change to get here
+        // removes the file; the others find it gone.
+        let _file = self.index.file.lock().unwrap_or_else(PoisonError::into_inner);
+        if !self.index_state().on_disk {
+            return Ok(());
+        }
+        let path = self.index_path();
+        self.fault(MetaOp::Remove, &path)
+            .and_then(|()| match fs::remove_file(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                r => r,
+            })
+            .ctx("remove the index", &path)?;
+        self.sync_dir(&self.root)?;
+        self.index_state().on_disk = false;
+        tracing::debug!("removed the index: the layerdb changes");
         Ok(())
     }
 
@@ -490,8 +512,10 @@ impl LayerDb {
     /// took after reading [`Self::changes`] as `since` — unless a change
     /// has begun since: then nothing is written and `Ok(false)` returned.
     /// The file is written and fsynced under `tmp/`, then renamed into place
-    /// under the index lock, so a change either began before (and the
-    /// snapshot is dropped) or begins after and removes the file first.
+    /// under the file lock, after the state lock has marked it on disk: a
+    /// change either began before that mark (and the snapshot is dropped) or
+    /// begins after it, waits for the rename, and removes the file before it
+    /// lands. `Ok(true)` means the file is in place and current.
     pub(crate) fn write_index(
         &self,
         since: u64,
@@ -502,16 +526,24 @@ impl LayerDb {
         let bytes = index::encode(&Index { stamps, layers, mounts });
         let tmp = self.dir("tmp").join(format!("index-{}", random_suffix()));
         let res = self.write_synced(&tmp, &bytes).and_then(|()| {
-            let mut st = self.index_state();
-            if st.changes != since {
-                return Ok(false);
+            let file = self.index.file.lock().unwrap_or_else(PoisonError::into_inner);
+            {
+                let mut st = self.index_state();
+                if st.changes != since {
+                    return Ok(false);
+                }
+                // From here a change that begins removes the file, waiting
+                // at `file` until it is in place.
+                st.on_disk = true;
             }
             self.rename(&tmp, &self.index_path(), "publish the index as")?;
-            st.on_disk = true;
-            st.current = true;
+            let mut st = self.index_state();
+            st.current = st.changes == since;
+            let current = st.current;
             drop(st);
+            drop(file);
             self.sync_after_commit(&self.root);
-            Ok(true)
+            Ok(current)
         });
         if !matches!(res, Ok(true)) {
             let _ = remove_any(&tmp);
@@ -614,6 +646,59 @@ mod tests {
         assert_eq!(db.read_layer(&chain).unwrap().refs, Some(7));
         // Docker writes the same files with "sha256:" digests and plain numbers.
         assert_eq!(fs::read_to_string(db.layer_dir(&chain).join("diff")).unwrap(), r.diff_id.to_string());
+    }
+
+    /// The index's state lock is never held across I/O: while the writer is
+    /// inside its rename, the counters answer at once; a change that begins
+    /// then waits for the rename (at the file lock) and removes the file
+    /// before it returns, and the writer reports the index not current.
+    #[test]
+    fn a_change_during_the_index_publish_waits_for_it_and_removes_the_file() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+        let tmp = tempfile::tempdir().unwrap();
+        let (entered_tx, entered) = mpsc::channel::<()>();
+        let (release, release_rx) = mpsc::channel::<()>();
+        let (entered_tx, release_rx) = (Mutex::new(entered_tx), Mutex::new(release_rx));
+        let hook: FaultHook = Arc::new(move |op, path: &Path| {
+            if op == MetaOp::Rename && path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("index-")) {
+                entered_tx.lock().unwrap().send(()).unwrap();
+                release_rx.lock().unwrap().recv().unwrap();
+            }
+            None
+        });
+        let db = LayerDb::new(tmp.path()).with_faults(Some(hook));
+        db.ensure_dirs().unwrap();
+        let since = db.changes();
+        let writer = {
+            let db = db.clone();
+            std::thread::spawn(move || db.write_index(since, Vec::new(), Vec::new()))
+        };
+        entered.recv_timeout(Duration::from_secs(10)).unwrap();
+        // The writer is inside its rename, holding the file lock; the state
+        // lock must still answer (asked on a thread: a lock held across the
+        // rename would hang it, and the test fails instead of hanging).
+        let (tx, rx) = mpsc::channel();
+        let asker = db.clone();
+        std::thread::spawn(move || tx.send((asker.changes(), asker.index_current())).unwrap());
+        let answered = rx.recv_timeout(Duration::from_secs(5)).expect("the index state is locked during the rename");
+        assert_eq!(answered, (since, false), "the counter answers during the publish");
+        let changer = {
+            let db = db.clone();
+            std::thread::spawn(move || db.changing())
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!changer.is_finished(), "a change that finds the index marked on disk waits for its rename");
+        assert_eq!(db.changes(), since + 1, "the change was counted without waiting for the file");
+        assert!(!db.index_current());
+        release.send(()).unwrap();
+        assert!(!writer.join().unwrap().unwrap(), "a change began during the publish: the index is not current");
+        changer.join().unwrap().unwrap();
+        assert!(!db.index_path().exists(), "the change removed the index before returning");
+        assert!(!db.index_current());
+        // With no index on disk, a change takes neither the file lock nor any I/O.
+        db.changing().unwrap();
+        assert_eq!(db.changes(), since + 2);
     }
 
     #[test]
