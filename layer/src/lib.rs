@@ -24,6 +24,7 @@ pub mod layerref;
 pub mod lockstats;
 mod metadata;
 pub mod name;
+mod pipelined;
 mod rootlock;
 mod store;
 pub mod tarsplit;

@@ -3,7 +3,6 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Weak};
 
 use graphdriver::{CacheId, IoContext, TarReader};
@@ -12,6 +11,7 @@ use super::{Inner, blocking};
 use crate::checkpoint::{ParallelVerifier, Segments};
 use crate::digest::{ChainId, VerifyingReader};
 use crate::error::{LayerStoreError, Result};
+use crate::pipelined::Pipelined;
 use crate::tarsplit::{Assembler, DirGetter};
 
 impl Inner {
@@ -57,118 +57,10 @@ impl Inner {
     }
 }
 
-/// Runs a reader on its own thread, a few chunks ahead of the consumer.
-/// Buffers go back to the producer once read, so nothing is allocated or
-/// zeroed per chunk. Dropping it stops the thread at its next send.
-struct Pipelined {
-    rx: Receiver<io::Result<Vec<u8>>>,
-    back: SyncSender<Vec<u8>>,
-    buf: Vec<u8>,
-    pos: usize,
-    done: bool,
-}
-
-impl Pipelined {
-    const CHUNK: usize = 256 * 1024;
-    const DEPTH: usize = 4;
-
-    fn spawn<R: Read + Send + 'static>(src: R) -> Self {
-        Self::spawn_chunked(src, Self::CHUNK)
-    }
-
-    /// Chunks of exactly `chunk` bytes but the last.
-    fn spawn_chunked<R: Read + Send + 'static>(mut src: R, chunk_len: usize) -> Self {
-        let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(Self::DEPTH);
-        let (back, spare) = sync_channel::<Vec<u8>>(Self::DEPTH + 2);
-        std::thread::spawn(move || {
-            loop {
-                let mut chunk = spare.try_recv().unwrap_or_else(|_| vec![0u8; chunk_len]);
-                chunk.resize(chunk_len, 0);
-                let mut filled = 0;
-                let res = loop {
-                    match src.read(&mut chunk[filled..]) {
-                        Ok(0) => break Ok(()),
-                        Ok(n) => {
-                            filled += n;
-                            if filled == chunk.len() {
-                                break Ok(());
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => break Err(e),
-                    }
-                };
-                chunk.truncate(filled);
-                let last = filled < chunk_len;
-                if filled > 0 && tx.send(Ok(chunk)).is_err() {
-                    return;
-                }
-                if let Err(e) = res {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-                if last {
-                    return;
-                }
-            }
-        });
-        Pipelined { rx, back, buf: Vec::new(), pos: 0, done: false }
-    }
-}
-
 /// Whole chunks for the parallel verifier: no copy into segment buffers.
 impl Segments for Pipelined {
     fn next_segment(&mut self, _size: usize) -> io::Result<Vec<u8>> {
-        if self.pos < self.buf.len() {
-            // Part of a chunk was read through `Read`: hand out the rest.
-            let rest = self.buf.split_off(self.pos);
-            self.pos = 0;
-            self.buf.clear();
-            return Ok(rest);
-        }
-        if self.done {
-            return Ok(Vec::new());
-        }
-        match self.rx.recv() {
-            Ok(Ok(b)) => Ok(b),
-            Ok(Err(e)) => {
-                self.done = true;
-                Err(e)
-            }
-            Err(_) => {
-                self.done = true;
-                Ok(Vec::new())
-            }
-        }
-    }
-}
-
-impl Read for Pipelined {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos >= self.buf.len() {
-            if self.done {
-                return Ok(0);
-            }
-            match self.rx.recv() {
-                Ok(Ok(b)) => {
-                    let used = std::mem::replace(&mut self.buf, b);
-                    let _ = self.back.try_send(used);
-                    self.pos = 0;
-                }
-                Ok(Err(e)) => {
-                    self.done = true;
-                    return Err(e);
-                }
-                Err(_) => {
-                    self.done = true;
-                    return Ok(0);
-                }
-            }
-        }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
+        self.next_chunk()
     }
 }
 
