@@ -208,7 +208,7 @@ impl Inner {
         .await?;
         // Decompression on its own thread, a few chunks ahead, overlapping
         // with the extractor and the recorder instead of taking turns with
-        // the extraction on one thread (9% off a gzip chain import).
+        // the extraction on one thread (7% off a gzip chain import).
         let plain: Box<dyn Read + Send> = match compression {
             Compression::None => plain,
             Compression::Gzip | Compression::Zstd => Box::new(Pipelined::spawn(plain)),
