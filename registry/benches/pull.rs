@@ -11,7 +11,8 @@
 //! Image shape as the issue's: a busybox layer + 5 layers of 60 MiB in
 //! 1,000 files each, gzip. Run: `cargo bench -p registry --bench pull` (as
 //! root). `LAYERD_BENCH_SCALE=0.1` shrinks every size; `LAYERD_BENCH_DOCKER=0`
-//! leaves dockerd out.
+//! leaves dockerd out; `LAYERD_BENCH_ROUNDS` sets the rounds of one pull
+//! against twenty (default 3; medians printed).
 
 #![allow(clippy::unwrap_used)]
 
@@ -144,6 +145,21 @@ impl Stores {
         let store = Store::open(&root, driver).await.expect("open store");
         Registry::new(Client::new(ClientOptions::default()).unwrap(), store, None)
     }
+
+    /// Remove the last store made (its pull has finished and shut it down).
+    fn remove_last(&self) {
+        let root = self.base.join(format!("store{}", self.n));
+        std::fs::remove_dir_all(&root).expect("remove a bench store");
+    }
+}
+
+fn rounds() -> usize {
+    std::env::var("LAYERD_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3).max(1)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 async fn pull_n(reg: Arc<Registry>, image: &str, n: usize) -> Duration {
@@ -248,12 +264,28 @@ async fn main() {
     // Warm the registry's page cache and the connection path once.
     pull_n(Arc::new(stores.fresh().await), &image, 1).await;
     sync_fs();
-    let one = pull_n(Arc::new(stores.fresh().await), &image, 1).await;
-    sync_fs();
-    let twenty = pull_n(Arc::new(stores.fresh().await), &image, 20).await;
-    sync_fs();
-    let ratio = twenty.as_secs_f64() / one.as_secs_f64();
-    println!("\nlayerd pull  ×1 {one:>9.2?}  ×20 {twenty:>9.2?}  ratio {ratio:.2}× (goal ≤ 1.05×)");
+    // Rounds of one pull and twenty (alternating which goes first), each
+    // into a fresh store: single runs on a small VM swing by ±10%.
+    let (mut ones, mut twenties, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    println!();
+    for round in 0..rounds() {
+        let mut timed = Vec::new();
+        for n in if round % 2 == 0 { [1, 20] } else { [20, 1] } {
+            let took = pull_n(Arc::new(stores.fresh().await), &image, n).await;
+            sync_fs();
+            stores.remove_last();
+            timed.push((n, took));
+        }
+        let at = |n| timed.iter().find(|(k, _)| *k == n).map(|(_, d)| d.as_secs_f64()).unwrap_or_default();
+        let (one, twenty) = (at(1), at(20));
+        println!("round {round}: layerd pull ×1 {one:.3} s, ×20 {twenty:.3} s: {:.2}×", twenty / one);
+        ones.push(one);
+        twenties.push(twenty);
+        ratios.push(twenty / one);
+    }
+    let (one, twenty, ratio) = (median(ones), median(twenties), median(ratios));
+    println!("layerd pull  ×1 {one:.3} s  ×20 {twenty:.3} s  (medians)  ratio {ratio:.2}× (goal ≤ 1.05×)");
+    let twenty = Duration::from_secs_f64(twenty);
     if let Some((d1, d20)) = docker_pulls(fs.path(), &image) {
         let dr = d20.as_secs_f64() / d1.as_secs_f64();
         println!("docker pull  ×1 {d1:>9.2?}  ×20 {d20:>9.2?}  ratio {dr:.2}×");
