@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use drivers::testing::{LoopFs, LoopKind};
 use layer::{ChainId, DiffId, Digest};
-use testkit::DaemonUnderTest;
+use testkit::{DaemonUnderTest, noise};
 
 const LAYERD: &str = env!("CARGO_BIN_EXE_layerd");
 const LAYERCTL: &str = env!("CARGO_BIN_EXE_layerctl");
@@ -47,20 +47,6 @@ fn secs(d: Duration) -> f64 {
 
 fn sync_fs() {
     let _ = Command::new("sync").status();
-}
-
-/// `len` bytes of xorshift noise: incompressible, like the binaries and
-/// compressed assets of a real image.
-fn noise(seed: u32, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x & 0xff) as u8
-        })
-        .collect()
 }
 
 fn header(size: u64, mode: u32, kind: tar::EntryType) -> tar::Header {
@@ -89,7 +75,7 @@ fn base_tar() -> Vec<u8> {
 /// `files` files of 60 KiB (60 MiB for 1,000), 100 per directory.
 fn data_tar(layer: u32, files: usize) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
-    let blob = noise(layer * 7919 + 3, 60 * 1024 + files * 16);
+    let blob = noise(u64::from(layer) * 7919 + 3, 60 * 1024 + files * 16);
     for i in 0..files {
         let data = &blob[i * 16..i * 16 + 60 * 1024];
         let mut h = header(data.len() as u64, 0o644, tar::EntryType::Regular);

@@ -8,16 +8,13 @@
 use std::collections::BTreeMap;
 use std::io::{Cursor, Read};
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use graphdriver::{CacheId, CreateOpts, Driver};
+use graphdriver::{CacheId, CreateOpts};
 use layer::{ChainId, RegisterOpts, RwName, RwOpts, Store};
 use testkit::tars::files_tar;
 
-struct Env {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-}
+mod common;
+use common::Env;
 
 /// What a store shows: layers (all their fields) and RW layers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,22 +24,8 @@ struct View {
 }
 
 impl Env {
-    fn new() -> Env {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("root");
-        Env { _tmp: tmp, root }
-    }
-
-    fn driver(&self) -> Arc<dyn Driver> {
-        Arc::new(drivers::vfs::Vfs::new(self.root.join("vfs")).unwrap())
-    }
-
-    async fn open(&self) -> Store {
-        Store::open(&self.root, self.driver()).await.unwrap()
-    }
-
     fn index(&self) -> PathBuf {
-        self.root.join("image/vfs/layerdb/layerd-index")
+        self.layerdb().join("layerd-index")
     }
 }
 
@@ -90,6 +73,19 @@ async fn populated(env: &Env) -> (View, BTreeMap<ChainId, Vec<u8>>) {
 }
 
 /// Open, check the view and the exports, shut down.
+/// Start from the index, let the check behind the start find the disk
+/// differs and remove the file, then start again: that start scans.
+async fn reopen_once_the_check_distrusts_the_index(env: &Env) -> Store {
+    let store = env.open().await;
+    assert!(store.started_from_index());
+    store.settle().await;
+    assert!(!env.index().exists(), "the check removed the index it distrusts");
+    drop(store);
+    let store = env.open().await;
+    assert!(!store.started_from_index());
+    store
+}
+
 async fn reopen_and_compare(env: &Env, want: &View, exports: &BTreeMap<ChainId, Vec<u8>>, from_index: bool) {
     let store = env.open().await;
     assert_eq!(store.started_from_index(), from_index);
@@ -237,13 +233,7 @@ async fn the_check_behind_a_start_from_the_index_removes_orphans_or_distrusts_th
     // the next start scans.
     let victim = &want.layers[0];
     env.driver().remove(&CacheId::parse(&victim.cache_id).unwrap()).await.unwrap();
-    let store = env.open().await;
-    assert!(store.started_from_index());
-    store.settle().await;
-    assert!(!env.index().exists(), "the check removed the index it distrusts");
-    drop(store);
-    let store = env.open().await;
-    assert!(!store.started_from_index());
+    let store = reopen_once_the_check_distrusts_the_index(&env).await;
     let report = store.fsck(layer::CheckOpts::default()).await.unwrap();
     assert!(report.problems.iter().any(|p| p.kind == "missing_driver_dir"), "{:?}", report.problems);
     store.shutdown().await.unwrap();
@@ -254,20 +244,14 @@ async fn a_record_edited_by_hand_is_caught_behind_the_start_and_a_damaged_store_
     let env = Env::new();
     let (want, _) = populated(&env).await;
     let victim = want.layers[0].chain_id.clone();
-    let diff = env.root.join("image/vfs/layerdb/sha256").join(victim.hex()).join("diff");
+    let diff = env.layerdb().join("sha256").join(victim.hex()).join("diff");
     let saved = std::fs::read(&diff).unwrap();
     std::fs::write(&diff, "sha256:nothex").unwrap();
     // An edit inside a record leaves sha256/ as it was: the start reads the
     // index, and the check behind it finds the record differs and drops it.
-    let store = env.open().await;
-    assert!(store.started_from_index());
-    store.settle().await;
-    assert!(!env.index().exists(), "the check removed the index it distrusts");
-    drop(store);
-    // The scan keeps the damaged layer and reports it; the index cannot
+    // The scan then keeps the damaged layer and reports it; the index cannot
     // hold it, so none is written.
-    let store = env.open().await;
-    assert!(!store.started_from_index());
+    let store = reopen_once_the_check_distrusts_the_index(&env).await;
     assert!(store.get(&victim).is_err());
     assert!(!store.write_index().await.unwrap());
     store.shutdown().await.unwrap();

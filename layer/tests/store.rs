@@ -17,6 +17,9 @@ use layer::{ChainId, DiffId, Digest, LayerStoreError, RegisterOpts, RwName, RwOp
 
 use testkit::tars::files_tar as tar_of;
 
+mod common;
+use common::Env;
+
 fn reader(bytes: Vec<u8>) -> TarReader {
     Box::new(Cursor::new(bytes))
 }
@@ -25,30 +28,7 @@ fn diff_id_of(bytes: &[u8]) -> DiffId {
     DiffId(Digest::of(bytes))
 }
 
-struct Env {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-}
-
 impl Env {
-    fn new() -> Env {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("root");
-        Env { _tmp: tmp, root }
-    }
-
-    fn driver(&self) -> Arc<dyn Driver> {
-        Arc::new(drivers::vfs::Vfs::new(self.root.join("vfs")).unwrap())
-    }
-
-    async fn open(&self) -> Store {
-        Store::open(&self.root, self.driver()).await.unwrap()
-    }
-
-    fn layerdb(&self) -> PathBuf {
-        self.root.join("image/vfs/layerdb")
-    }
-
     fn entries(&self, sub: &str) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.layerdb().join(sub))
             .unwrap()

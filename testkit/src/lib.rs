@@ -18,3 +18,17 @@ pub mod tree;
 
 pub use daemon::DaemonUnderTest;
 pub use http::Reply;
+
+/// `len` bytes of xorshift64 noise from `seed`: deterministic and
+/// incompressible, like the binaries and compressed assets of a real image.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

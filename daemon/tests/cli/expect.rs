@@ -180,6 +180,27 @@ fn an_upload_of_a_present_layer_is_answered_without_its_body() {
     assert_eq!(imported(&d), before, "a byte of a duplicate upload was read");
 }
 
+/// A registration in flight and a follower of it: the leader (no `Expect`)
+/// has sent half its body and stalls; the follower has sent its head with
+/// `Expect: 100-continue` for the same DiffID.
+struct InFlight {
+    tar: Vec<u8>,
+    diff: String,
+    leader: Conn,
+    follower: Conn,
+}
+
+fn in_flight(d: &Daemon) -> InFlight {
+    let tar = make_tar(&[("data", &big_content(300_000))]);
+    let diff = sha256(&tar);
+    let query = format!("?diff_id={diff}");
+    let mut leader = Conn::open(d.socket(), &upload_head(&query, tar.len(), &[]));
+    leader.send(&tar[..tar.len() / 2]);
+    std::thread::sleep(Duration::from_millis(300));
+    let follower = Conn::open(d.socket(), &upload_head(&query, tar.len(), &[EXPECT]));
+    InFlight { tar, diff, leader, follower }
+}
+
 /// A follower of a registration in flight waits for the leader, gets its
 /// result and never sends its body; the same with `layerctl`, whose wait for
 /// `100 Continue` runs out first (it then starts reading its stdin, gets the
@@ -187,14 +208,7 @@ fn an_upload_of_a_present_layer_is_answered_without_its_body() {
 #[test]
 fn a_follower_waits_for_the_leader_and_sends_nothing() {
     let d = Daemon::start();
-    let tar = make_tar(&[("data", &big_content(300_000))]);
-    let diff = sha256(&tar);
-    let query = format!("?diff_id={diff}");
-    // The leader sends half its body and stalls.
-    let mut leader = Conn::open(d.socket(), &upload_head(&query, tar.len(), &[]));
-    leader.send(&tar[..tar.len() / 2]);
-    std::thread::sleep(Duration::from_millis(300));
-    let mut follower = Conn::open(d.socket(), &upload_head(&query, tar.len(), &[EXPECT]));
+    let InFlight { tar, diff, mut leader, mut follower } = in_flight(&d);
     let ctl = SilentImport::start(&d, &diff);
     // Longer than layerctl waits for 100 Continue.
     let early = follower.next(Duration::from_millis(1500));
@@ -219,13 +233,7 @@ fn a_follower_waits_for_the_leader_and_sends_nothing() {
 #[test]
 fn a_follower_uploads_its_body_when_the_leader_fails() {
     let d = Daemon::start();
-    let tar = make_tar(&[("data", &big_content(300_000))]);
-    let diff = sha256(&tar);
-    let query = format!("?diff_id={diff}");
-    let mut leader = Conn::open(d.socket(), &upload_head(&query, tar.len(), &[]));
-    leader.send(&tar[..tar.len() / 2]);
-    std::thread::sleep(Duration::from_millis(300));
-    let mut follower = Conn::open(d.socket(), &upload_head(&query, tar.len(), &[EXPECT]));
+    let InFlight { tar, diff, leader, mut follower } = in_flight(&d);
     assert!(follower.next(Duration::from_millis(300)).is_none(), "the follower was answered early");
     drop(leader);
     let a = follower.next(LIMIT).expect("no answer after the leader failed");

@@ -171,15 +171,7 @@ pub fn chain_ids(ls: &Value) -> Vec<String> {
 
 /// `len` bytes of xorshift noise: incompressible content.
 pub fn big_content(len: usize) -> Vec<u8> {
-    let mut x: u32 = 0x1234_5678;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x & 0xff) as u8
-        })
-        .collect()
+    testkit::noise(0x1234_5678, len)
 }
 
 /// Lazily unmounts whatever is still mounted under a dir, even when the test

@@ -516,14 +516,20 @@ pub(crate) mod tests {
         assert!(matches!(g.publish(&again.chain_id, false), Published::Absent));
     }
 
-    #[test]
-    fn garbage_at_start_up_is_collected_with_its_ancestors() {
+    /// A graph as start-up loads it: `a` and its child `b`, no references.
+    fn loaded_chain() -> (Graph, Arc<LayerMeta>, Arc<LayerMeta>) {
         let mut g = Graph::default();
         let a = meta(None, b"a");
         let b = meta(Some(&a), b"b");
         g.load(a.clone(), 0);
         g.load(b.clone(), 0);
         g.pin_child(&a.chain_id).unwrap();
+        (g, a, b)
+    }
+
+    #[test]
+    fn garbage_at_start_up_is_collected_with_its_ancestors() {
+        let (mut g, _, _) = loaded_chain();
         let freed = g.collect_garbage(&Default::default());
         assert_eq!(freed.len(), 2);
         assert_eq!(g.len(), 0);
@@ -531,12 +537,7 @@ pub(crate) mod tests {
 
     #[test]
     fn kept_layers_survive_start_up_and_leases_free_like_references() {
-        let mut g = Graph::default();
-        let a = meta(None, b"a");
-        let b = meta(Some(&a), b"b");
-        g.load(a.clone(), 0);
-        g.load(b.clone(), 0);
-        g.pin_child(&a.chain_id).unwrap();
+        let (mut g, a, b) = loaded_chain();
         let keep = [b.chain_id.clone()].into_iter().collect();
         assert!(g.collect_garbage(&keep).is_empty(), "b kept, a held by b");
         g.lease(&b.chain_id).unwrap();

@@ -101,18 +101,6 @@ fn files(rec: &[u8]) -> Vec<(Vec<u8>, u64)> {
         .collect()
 }
 
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn mknod(path: &Path, ty: rustix::fs::FileType, dev: (u32, u32)) {
     let mode = rustix::fs::Mode::from_raw_mode(0o640);
     rustix::fs::mknodat(rustix::fs::CWD, path, ty, mode, rustix::fs::makedev(dev.0, dev.1)).unwrap();
@@ -136,9 +124,9 @@ fn make_tree(root: &Path, tree: Tree) {
     fs::write(root.join("empty"), b"").unwrap();
     fs::write(root.join("one"), b"1").unwrap();
     for n in [511usize, 512, 513] {
-        fs::write(root.join(format!("b{n}")), noise(n, n as u64)).unwrap();
+        fs::write(root.join(format!("b{n}")), testkit::noise(n as u64, n)).unwrap();
     }
-    fs::write(root.join("rand100k"), noise(100_000, 7)).unwrap();
+    fs::write(root.join("rand100k"), testkit::noise(7, 100_000)).unwrap();
     fs::write(root.join("dir/sub/file.txt"), b"hello\n").unwrap();
     fs::write(root.join("name with spaces & <amp>.txt"), b"amp").unwrap();
     fs::write(root.join("ünïcode.txt"), "ü".repeat(300)).unwrap();
@@ -158,7 +146,7 @@ fn make_tree(root: &Path, tree: Tree) {
         fs::write(long.join("in-long-dir"), b"long dir").unwrap();
         let deep = root.join("a".repeat(90)).join("b".repeat(90)).join("c".repeat(90));
         fs::create_dir_all(&deep).unwrap();
-        fs::write(deep.join("f".repeat(200)), noise(3000, 3)).unwrap();
+        fs::write(deep.join("f".repeat(200)), testkit::noise(3, 3000)).unwrap();
         std::os::unix::fs::symlink("t".repeat(150), root.join("longlink")).unwrap();
         fs::hard_link(deep.join("f".repeat(200)), root.join("hard-to-long")).unwrap();
     }
@@ -172,12 +160,12 @@ fn make_sparse(root: &Path) {
     let f = std::fs::File::create(root.join("sparse")).unwrap();
     f.set_len(10 << 20).unwrap();
     f.write_all_at(b"start", 0).unwrap();
-    f.write_all_at(&noise(5000, 11), 1 << 20).unwrap();
+    f.write_all_at(&testkit::noise(11, 5000), 1 << 20).unwrap();
     f.write_all_at(b"unaligned", (5 << 20) + 3).unwrap();
     let g = std::fs::File::create(root.join("many")).unwrap();
     g.set_len(8 << 20).unwrap();
     for i in 0..40u64 {
-        g.write_all_at(&noise(100, i), i * (200 << 10)).unwrap();
+        g.write_all_at(&testkit::noise(i, 100), i * (200 << 10)).unwrap();
     }
     std::fs::write(root.join("plain"), b"plain file next to sparse ones").unwrap();
 }
@@ -305,7 +293,7 @@ fn dpkg_deb_data_tar_round_trips() {
         "Package: layerd-test\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@example.com>\nDescription: test\n",
     )
     .unwrap();
-    std::fs::write(pkg.join("usr/share/doc/layerd-test/README"), noise(7000, 5)).unwrap();
+    std::fs::write(pkg.join("usr/share/doc/layerd-test/README"), testkit::noise(5, 7000)).unwrap();
     std::os::unix::fs::symlink("README", pkg.join("usr/share/doc/layerd-test/link")).unwrap();
     let deb = tmp.path().join("t.deb");
     run(Command::new("dpkg-deb").args(["--root-owner-group", "-Zgzip", "--build"]).arg(&pkg).arg(&deb));
@@ -329,7 +317,7 @@ fn rust_built_tar() -> Vec<u8> {
     dir.set_size(0);
     b.append_data(&mut dir, "d/", io::empty()).unwrap();
     let long = format!("d/{}/{}", "x".repeat(150), "y".repeat(150));
-    let content = noise(4321, 9);
+    let content = testkit::noise(9, 4321);
     let mut h = tar::Header::new_gnu();
     h.set_mode(0o644);
     h.set_size(content.len() as u64);
@@ -385,7 +373,7 @@ fn trailing_garbage_and_padding_are_kept() {
     let mut tar = gnu_tar(&src, &["--format=gnu"]);
     tar.extend_from_slice(&[0u8; 3000]);
     tar.extend_from_slice(b"trailing garbage that is not a tar header");
-    tar.extend_from_slice(&noise(3 << 20, 1)); // several 1 MiB segments
+    tar.extend_from_slice(&testkit::noise(1, 3 << 20)); // several 1 MiB segments
     let (_, rec) = roundtrip("garbage", &tar);
     let segs = decode(&rec).into_iter().filter(|v| v["type"] == 2).count();
     assert!(segs > 3);
@@ -398,7 +386,7 @@ fn extracted_pair() -> (tempfile::TempDir, Vec<u8>, Vec<u8>, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     std::fs::create_dir_all(src.join("d")).unwrap();
-    std::fs::write(src.join("d/victim"), noise(2000, 4)).unwrap();
+    std::fs::write(src.join("d/victim"), testkit::noise(4, 2000)).unwrap();
     std::fs::write(src.join("other"), b"other").unwrap();
     let tar = gnu_tar(&src, &["--format=gnu"]);
     let (_, rec) = record(&tar);
@@ -610,14 +598,14 @@ fn raw_tar(members: &[(&[u8], u8, &[u8])]) -> Vec<u8> {
 
 #[test]
 fn hostile_tars_fail_disassembly() {
-    let good = raw_tar(&[(b"d/", b'5', b""), (b"d/f", b'0', &noise(1500, 2)), (b"g", b'0', b"x")]);
+    let good = raw_tar(&[(b"d/", b'5', b""), (b"d/f", b'0', &testkit::noise(2, 1500)), (b"g", b'0', b"x")]);
     record(&good);
     let mut bad_sum = good.clone();
     bad_sum[512 + 10] ^= 0x20;
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("truncated in content", good[..1200].to_vec(), "truncated"),
         ("truncated in header", good[..2560 + 100].to_vec(), "truncated"),
-        ("dir carrying data", raw_tar(&[(b"d/", b'5', &noise(700, 8))]), "checksum"),
+        ("dir carrying data", raw_tar(&[(b"d/", b'5', &testkit::noise(8, 700))]), "checksum"),
         ("symlink carrying data", raw_tar(&[(b"l", b'2', b"data")]), "checksum"),
         ("bad checksum", bad_sum, "checksum"),
         ("same file twice", raw_tar(&[(b"a", b'0', b"1"), (b"./a", b'0', b"2")]), "replaces"),
@@ -641,10 +629,10 @@ fn hostile_tars_fail_disassembly() {
 /// rebuild them byte for byte.
 #[test]
 fn what_go_accepts_round_trips() {
-    let good = raw_tar(&[(b"d/", b'5', b""), (b"d/f", b'0', &noise(1500, 2)), (b"g", b'0', b"x")]);
+    let good = raw_tar(&[(b"d/", b'5', b""), (b"d/f", b'0', &testkit::noise(2, 1500)), (b"g", b'0', b"x")]);
     let body = good.len() - 1024;
     let mut contents = HashMap::new();
-    contents.insert(b"d/f".to_vec(), noise(1500, 2));
+    contents.insert(b"d/f".to_vec(), testkit::noise(2, 1500));
     contents.insert(b"g".to_vec(), b"x".to_vec());
     contents.insert(b"/etc/x".to_vec(), b"1".to_vec());
     let cases: Vec<(&str, Vec<u8>)> = vec![
@@ -681,7 +669,7 @@ fn io_failures_are_reported_as_such() {
             Ok(())
         }
     }
-    let tar = raw_tar(&[(b"f", b'0', &noise(3 << 20, 3))]);
+    let tar = raw_tar(&[(b"f", b'0', &testkit::noise(3, 3 << 20))]);
     let err = disassemble(&tar[..], Full).unwrap_err();
     assert!(matches!(err, TarSplitError::Io { .. }), "{err}");
 }
@@ -758,7 +746,7 @@ proptest! {
             h.set_mode(0o644);
             match m {
                 Member::File(n, seed) => {
-                    let data = noise(*n, *seed);
+                    let data = testkit::noise(*seed, *n);
                     h.set_size(data.len() as u64);
                     b.append_data(&mut h, &name, &data[..]).unwrap();
                     contents.insert(name.clone().into_bytes(), data);

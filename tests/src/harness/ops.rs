@@ -100,15 +100,7 @@ pub fn times(path: &str, sec: i64, nsec: i64) -> Op {
 
 /// Deterministic pseudo-random bytes (moby's `randomContent` idea).
 pub fn content(size: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..size)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    testkit::noise(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15), size)
 }
 
 /// Apply `ops` below `root`, in order.
