@@ -13,6 +13,7 @@ mod error;
 mod id;
 pub mod keyed;
 pub mod naive;
+pub mod pipe;
 
 pub use driver::{Capabilities, Change, ChangeKind, CreateOpts, Driver, TarReader};
 pub use error::{ArchiveError, DriverError, ErrorKind, IoContext, IoError, Result};

@@ -9,9 +9,8 @@
 //! reader as an io error, never as a silently short tar.
 
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use graphdriver::archive::{self, ApplyOptions, WhiteoutFormat};
 use graphdriver::{CacheId, Change, DriverError, IoContext, Result, TarReader};
@@ -88,101 +87,21 @@ pub fn apply_through_mount(layout: &Layout, prefix: &str, id: &CacheId, tar: &mu
 pub fn diff(layout: &Layout, id: &CacheId) -> Result<TarReader> {
     let upper = layout.diff(id);
     std::fs::symlink_metadata(&upper).ctx("lstat", &upper)?;
-    let (tx, rx) = sync_channel(8);
+    let (mut w, r) = graphdriver::pipe::pipe(8);
     let writer_upper = upper.clone();
     std::thread::Builder::new()
         .name("overlay-diff".into())
-        .spawn(move || {
-            let mut w = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) };
-            let res = archive::overlay::export(&writer_upper, &mut w).and_then(|()| {
-                w.flush().ctx("write tar of", &writer_upper)?;
-                Ok(())
-            });
-            if let Err(e) = res {
+        .spawn(move || match archive::overlay::export(&writer_upper, &mut w) {
+            Ok(()) => {
+                // An error here is a reader that went away: nobody to tell.
+                let _ = w.finish();
+            }
+            Err(e) => {
                 tracing::warn!(driver = "overlay", upper = %writer_upper.display(), error = %e, "native diff failed");
-                // The reader may be gone already; then nobody needs the error.
-                let _ = tx.send(Err(e.to_string()));
+                w.fail(io::Error::other(e.to_string()));
             }
         })
         .ctx("spawn diff thread for", &upper)
         .map_err(DriverError::from)?;
-    Ok(Box::new(ChannelReader { rx, chunk: Vec::new(), pos: 0 }))
-}
-
-const CHUNK: usize = 256 * 1024;
-
-struct ChannelWriter {
-    tx: SyncSender<Result<Vec<u8>, String>>,
-    buf: Vec<u8>,
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= CHUNK {
-            self.flush()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        self.tx.send(Ok(chunk)).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "diff reader went away"))
-    }
-}
-
-struct ChannelReader {
-    rx: Receiver<Result<Vec<u8>, String>>,
-    chunk: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.chunk.len() {
-            match self.rx.recv() {
-                Ok(Ok(chunk)) => {
-                    self.chunk = chunk;
-                    self.pos = 0;
-                }
-                Ok(Err(e)) => return Err(io::Error::other(e)),
-                // The writer finished (or died, having sent its error first).
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.chunk.len() - self.pos);
-        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn channel_reader_passes_data_and_errors() {
-        let (tx, rx) = sync_channel(2);
-        let mut w = ChannelWriter { tx: tx.clone(), buf: Vec::new() };
-        let t = std::thread::spawn(move || {
-            w.write_all(&vec![7u8; CHUNK + 10]).unwrap();
-            w.flush().unwrap();
-            tx.send(Err("boom".into())).unwrap();
-        });
-        let mut r = ChannelReader { rx, chunk: Vec::new(), pos: 0 };
-        let mut got = vec![0u8; CHUNK + 10];
-        r.read_exact(&mut got).unwrap();
-        assert!(got.iter().all(|b| *b == 7));
-        assert_eq!(r.read(&mut [0u8; 10]).unwrap_err().to_string(), "boom");
-        t.join().unwrap();
-        // A dropped reader stops the writer with BrokenPipe.
-        let (tx, rx) = sync_channel(0);
-        drop(rx);
-        let mut w = ChannelWriter { tx, buf: vec![1] };
-        assert_eq!(w.flush().unwrap_err().kind(), io::ErrorKind::BrokenPipe);
-    }
+    Ok(Box::new(r))
 }

@@ -16,9 +16,9 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::sync_channel;
 
 use bytes::Bytes;
+use graphdriver::pipe::{CHUNK, SendError, pipe};
 use graphdriver::{IoContext, TarReader};
 use layer::digest::VerifyingReader;
 use layer::{ChainId, Digest, RegisterOpts};
@@ -26,7 +26,6 @@ use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 use tracing::{debug, warn};
 
-use super::pipe::ChanReader;
 use super::plan::{self, Built, Lookup, Plan, PlannedLayer};
 use super::{INLINE_BYTES, MAX_INLINE_TOTAL, MAX_METADATA_BYTES, alias_target, bad, clean_member};
 use crate::error::{ImageStoreError, Result};
@@ -312,25 +311,19 @@ impl Loader<'_> {
         if !ready || needed.iter().any(|(_, l)| l.chain_id != first.chain_id) {
             return Ok(false);
         }
-        let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(8);
-        let reader: TarReader = Box::new(ChanReader::new(rx));
-        let task = self.spawn_register(reader, parent, &first);
-        let mut buf = vec![0u8; 256 << 10];
-        loop {
-            match entry.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if tx.send(Ok(buf[..n].to_vec())).is_err() {
-                        break; // the registration gave up; its error says why
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(io::Error::new(e.kind(), format!("archive truncated or unreadable: {e}"))));
-                    break;
-                }
+        let (mut w, r) = pipe(8);
+        let task = self.spawn_register(Box::new(r), parent, &first);
+        match w.send_from(entry, CHUNK) {
+            Ok(()) => {
+                // An error here: the registration gave up; its error says why.
+                let _ = w.finish();
             }
+            Err(SendError::Read(e)) => {
+                w.fail(io::Error::new(e.kind(), format!("archive truncated or unreadable: {e}")));
+            }
+            // The registration gave up; its error says why.
+            Err(SendError::ReaderGone) => {}
         }
-        drop(tx);
         self.join_register(task, member, &first)?;
         Ok(true)
     }

@@ -14,7 +14,6 @@
 
 pub mod load;
 pub mod order;
-pub mod pipe;
 pub mod plan;
 pub mod save;
 
@@ -61,12 +60,16 @@ impl ImageStore {
     /// as a read error, never as a clean end.
     pub async fn save_reader(&self, refs: &[String], format: Format) -> Result<Box<dyn Read + Send>> {
         let items = save::items(self, refs)?;
-        let (writer, reader, fail) = pipe::pipe();
+        let (mut writer, reader) = graphdriver::pipe::pipe(8);
         let (store, rt) = (self.clone(), tokio::runtime::Handle::current());
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = save::save(&store, &items, format, writer, &rt) {
+        tokio::task::spawn_blocking(move || match save::save(&store, &items, format, &mut writer, &rt) {
+            Ok(()) => {
+                // An error here is a reader that went away: nobody to tell.
+                let _ = writer.finish();
+            }
+            Err(e) => {
                 tracing::warn!(error = %e, "image save failed part-way");
-                let _ = fail.send(Err(std::io::Error::other(format!("image save failed: {e}"))));
+                writer.fail(std::io::Error::other(format!("image save failed: {e}")));
             }
         });
         Ok(Box::new(reader))

@@ -11,7 +11,7 @@ use super::{Inner, blocking};
 use crate::checkpoint::{ParallelVerifier, Segments};
 use crate::digest::{ChainId, VerifyingReader};
 use crate::error::{LayerStoreError, Result};
-use crate::pipelined::Pipelined;
+use crate::pipelined;
 use crate::tarsplit::{Assembler, DirGetter};
 
 impl Inner {
@@ -40,11 +40,11 @@ impl Inner {
             // Segments verified on every core (see `checkpoint`), handed
             // over whole from the assembler's thread.
             Some(cp) => {
-                let chunks = Pipelined::spawn_chunked(asm, cp.segment());
+                let chunks = pipelined::spawn_chunked(asm, cp.segment());
                 Box::new(ParallelVerifier::new(chunks, cp, meta.diff_id.0.clone()))
             }
             // A layer without checkpoints (Docker's): one sequential check.
-            None => Box::new(VerifyingReader::new(Pipelined::spawn(asm), meta.diff_id.0.clone())),
+            None => Box::new(VerifyingReader::new(pipelined::spawn(asm), meta.diff_id.0.clone())),
         };
         let owner = Arc::downgrade(self);
         Ok(Box::new(Guarded {
@@ -58,7 +58,7 @@ impl Inner {
 }
 
 /// Whole chunks for the parallel verifier: no copy into segment buffers.
-impl Segments for Pipelined {
+impl Segments for graphdriver::pipe::PipeReader {
     fn next_segment(&mut self, _size: usize) -> io::Result<Vec<u8>> {
         self.next_chunk()
     }

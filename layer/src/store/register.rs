@@ -18,7 +18,7 @@ use crate::digest::{ChainId, DiffId, Digest};
 use crate::error::{LayerStoreError, Result};
 use crate::flight::Role;
 use crate::metadata::{LayerDb, LayerRecord, TAR_SPLIT, remove_any};
-use crate::pipelined::Pipelined;
+use crate::pipelined;
 use crate::tarsplit;
 use crate::types::{LayerInfo, RegisterOpts};
 
@@ -211,7 +211,7 @@ impl Inner {
         // the extraction on one thread (7% off a gzip chain import).
         let plain: Box<dyn Read + Send> = match compression {
             Compression::None => plain,
-            Compression::Gzip | Compression::Zstd => Box::new(Pipelined::spawn(plain)),
+            Compression::Gzip | Compression::Zstd => Box::new(pipelined::spawn(plain)),
         };
         let (chunks_tx, chunks_rx) = sync_channel::<Vec<u8>>(16);
         let ts_path = tx.join(TAR_SPLIT);
